@@ -1,0 +1,49 @@
+"""The `sagews` command: one entry point whose subcommands live with the code they drive.
+
+Each subcommand is registered in ``SUBCOMMANDS`` as ``name -> "module:function"``. The function
+receives the remaining command-line arguments and returns an exit code. Modules are imported only
+when their subcommand runs, so `sagews --help` stays fast and a worker without the backend's
+dependencies can still run its own subcommands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    # name: ("module:function", one-line help)
+    "version": ("sagews.cli:version", "print the sagews version"),
+}
+
+
+def version(argv: list[str]) -> int:
+    from sagews import __version__
+
+    print(__version__)
+    return 0
+
+
+def usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = ["usage: sagews COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in sorted(SUBCOMMANDS.items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"sagews: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = SUBCOMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
