@@ -14,6 +14,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: ("module:function", one-line help)
     "version": ("sagews.cli:version", "print the sagews version"),
+    "worker": ("sagews.worker.__main__:serve_main", "run the compute worker (TLS server, as root)"),
+    "worker-call": ("sagews.worker.__main__:call_main", "send one request to a worker and print the replies"),
 }
 
 

@@ -1,0 +1,1 @@
+"""sagews-worker: runs user code for workspaces (see docs/protocol-worker.md)."""

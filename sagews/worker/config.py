@@ -1,0 +1,82 @@
+"""Worker configuration: one dataclass, loaded from a TOML or JSON file, or defaults.
+
+Every field is documented in docs/protocol-worker.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Limits:
+    """Per-session limits applied to user code (rlimits unless ``cgroup`` is on)."""
+
+    cpu_seconds: int = 600  # RLIMIT_CPU of the session process (cumulative over its cells)
+    address_space_mb: int = 4096  # RLIMIT_AS; Sage needs >= 2048
+    processes: int = 64  # RLIMIT_NPROC for the workspace's uid (threads count too)
+    file_size_mb: int = 250  # RLIMIT_FSIZE: largest single file user code may write
+    open_files: int = 256  # RLIMIT_NOFILE
+    walltime_seconds: float = 300.0  # per execution; then interrupt, then kill
+    idle_timeout_seconds: float = 1800.0  # session closed after this long without requests
+    disk_quota_mb: int = 500  # workspace checkout size, checked after executions and writes
+    output_bytes: int = 1_000_000  # stdout+stderr+rich output per execution; then cut + interrupt
+    interrupt_grace_seconds: float = 2.0  # after an interrupt for timeout/flood, kill if still running
+
+
+@dataclass
+class WorkerConfig:
+    host: str = "127.0.0.1"
+    port: int = 6100
+    cert: str = "/etc/sagews/pki/worker.pem"
+    key: str = "/etc/sagews/pki/worker.key"
+    ca: str = "/etc/sagews/pki/ca.pem"
+    workspaces_dir: str = "/var/lib/sagews/workspaces"
+    state_dir: str = "/var/lib/sagews/worker"
+    tmp_dir: str = "/var/lib/sagews/tmp"
+    max_frame: int = 16 * 1024 * 1024
+    user_prefix: str = "sagews_worker_"
+    user_pool_size: int = 64
+    engines: list[str] = field(default_factory=lambda: ["python", "sage"])
+    default_engine: str = "python"
+    warm_pool: int = 2  # engine processes kept forked and waiting (pre-imported) for new sessions
+    cgroup: bool = False  # run sessions in a systemd-run scope (needs systemd as PID 1); see docs
+    cgroup_memory_mb: int = 1024
+    shutdown_grace_seconds: float = 10.0
+    limits: Limits = field(default_factory=Limits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "limits" and isinstance(value, dict):
+            value = _build(Limits, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> WorkerConfig:
+    result: WorkerConfig = _build(WorkerConfig, data)
+    return result
+
+
+def load(path: str | Path | None) -> WorkerConfig:
+    """Defaults, overridden by a ``.toml`` (optionally under a ``[worker]`` table) or ``.json`` file."""
+    if path is None:
+        return WorkerConfig()
+    p = Path(path)
+    data: dict[str, Any] = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+    if "worker" in data and isinstance(data["worker"], dict):
+        data = data["worker"]
+    return from_dict(data)

@@ -1,0 +1,299 @@
+"""The engine: what runs inside a session's forked child.
+
+The zygote forks the child with fd 1 and 2 on pipes read by the server (user code's stdout and
+stderr, also for subprocesses it starts) and a control socket (framed JSON, see
+docs/protocol-worker.md "Engine channel"). The child waits (still root, engines pre-imported) for
+``assign``: it then drops to the workspace's uid, chdirs into the checkout, applies rlimits and
+answers ``ready``. After that it evaluates ``exec`` requests one at a time.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import ctypes
+import io
+import os
+import resource
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+from sagews.framing import HEADER, FrameError, decode_body, encode
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+MAX_REPR = 100_000
+
+# Filled by the zygote before forking (pre-imported engines).
+PRELOADED: dict[str, Any] = {}
+
+
+def preload(engines: list[str]) -> list[str]:
+    """Import what engines need, once, in the zygote. Returns the engines that are available."""
+    available = ["python"]
+    if "sage" in engines:
+        try:
+            import sage.all__sagemath_symbolics as sage_all
+            from sage.repl.preparse import preparse
+        except ImportError:
+            pass
+        else:
+            ns: dict[str, Any] = {}
+            exec("from sage.all__sagemath_symbolics import *", ns)  # noqa: S102
+            PRELOADED["sage_ns"] = ns
+            PRELOADED["preparse"] = preparse
+            PRELOADED["sage_all"] = sage_all
+            try:  # Maxima's first call is slow: pay it here, once
+                exec("integrate(x**2, x)", dict(ns, x=ns["var"]("x")))  # noqa: S102
+            except Exception:  # noqa: S110
+                pass
+            available.append("sage")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+    except ImportError:
+        pass
+    return available
+
+
+def _prctl(option: int, arg: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(option, arg, 0, 0, 0)
+
+
+class Channel:
+    """Blocking framed JSON on the control socket (the child is single-threaded)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def _exactly(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return bytes(buf)
+
+    def recv(self) -> dict[str, Any]:
+        (length,) = HEADER.unpack(self._exactly(HEADER.size))
+        return decode_body(self._exactly(length))
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.sendall(encode(msg))
+
+
+def drop_privileges(msg: dict[str, Any]) -> None:
+    uid, gid = int(msg["uid"]), int(msg["gid"])
+    limits = msg["limits"]
+    mb = 1 << 20
+
+    def setl(res: int, soft: int, hard: int | None = None) -> None:
+        resource.setrlimit(res, (soft, soft if hard is None else hard))
+
+    setl(resource.RLIMIT_CPU, int(limits["cpu_seconds"]), int(limits["cpu_seconds"]) + 5)
+    setl(resource.RLIMIT_AS, int(limits["address_space_mb"]) * mb)
+    setl(resource.RLIMIT_NPROC, int(limits["processes"]))
+    setl(resource.RLIMIT_FSIZE, int(limits["file_size_mb"]) * mb)
+    setl(resource.RLIMIT_NOFILE, int(limits["open_files"]))
+    setl(resource.RLIMIT_CORE, 0)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past RLIMIT_FSIZE fail with EFBIG instead
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise RuntimeError("privilege drop failed")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # cleared by setuid, so set it after
+    os.chdir(msg["cwd"])
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in msg["env"].items()})
+
+
+class Engine:
+    def __init__(self, chan: Channel, engines: list[str]) -> None:
+        self.chan = chan
+        self.engines = engines
+        self.namespaces: dict[str, dict[str, Any]] = {}
+        self.current: Any = None
+
+    # rich output -----------------------------------------------------------------------------
+    def display(self, data: dict[str, str]) -> None:
+        self.chan.send({"type": "display", "id": self.current, "data": data})
+
+    def html(self, s: object) -> None:
+        self.display({"text/html": str(s), "text/plain": str(s)})
+
+    def show(self, obj: object, **kwargs: Any) -> None:
+        data = self.rich(obj, **kwargs)
+        if "text/latex" not in data and "image/png" not in data and "sage_ns" in PRELOADED:
+            try:
+                data["text/latex"] = str(PRELOADED["sage_ns"]["latex"](obj))
+            except Exception:  # noqa: S110
+                pass
+        self.display(data)
+
+    def rich(self, obj: object, **kwargs: Any) -> dict[str, str]:
+        data = {"text/plain": self.safe_repr(obj)}
+        if hasattr(obj, "_repr_html_"):
+            try:
+                html = obj._repr_html_()
+                if html:
+                    data["text/html"] = str(html)
+            except Exception:  # noqa: S110
+                pass
+        cls = type(obj).__name__
+        if cls == "LatexExpr":
+            data["text/latex"] = str(obj)
+        if cls in {"Graphics", "GraphicsArray", "MultiGraphics"} or cls == "Figure":
+            buf = io.BytesIO()
+            try:
+                if cls == "Figure":
+                    obj.savefig(buf, format="png")  # type: ignore[attr-defined]
+                else:
+                    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "sagews_plot.png")  # noqa: S108
+                    obj.save(path, **kwargs)  # type: ignore[attr-defined]
+                    with open(path, "rb") as fh:
+                        buf.write(fh.read())
+                data["image/png"] = base64.b64encode(buf.getvalue()).decode()
+            except Exception as exc:
+                data["text/plain"] += f"\n(could not render plot: {exc})"
+        return data
+
+    @staticmethod
+    def safe_repr(obj: object) -> str:
+        try:
+            text = repr(obj)
+        except Exception as exc:
+            text = f"<repr failed: {type(exc).__name__}: {exc}>"
+        if len(text) > MAX_REPR:
+            text = text[:MAX_REPR] + f"... [repr cut at {MAX_REPR} characters]"
+        return text
+
+    def flush_figures(self) -> None:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        for num in plt.get_fignums():
+            fig = plt.figure(num)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png")
+            self.display({"image/png": base64.b64encode(buf.getvalue()).decode(), "text/plain": repr(fig)})
+        plt.close("all")
+
+    # namespaces ------------------------------------------------------------------------------
+    def namespace(self, engine: str) -> dict[str, Any]:
+        ns = self.namespaces.get(engine)
+        if ns is None:
+            if engine == "sage":
+                ns = dict(PRELOADED["sage_ns"])
+            else:
+                ns = {}
+            ns.update({"__name__": "__main__", "__builtins__": __builtins__})
+            ns["show"] = self.show
+            ns["html"] = self.html
+            self.namespaces[engine] = ns
+        return ns
+
+    # execution -------------------------------------------------------------------------------
+    def run(self, msg: dict[str, Any]) -> None:
+        self.current = msg.get("id")
+        engine = msg.get("engine", "python")
+        status = "ok"
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                status = self._run(str(msg.get("code", "")), engine)
+            except KeyboardInterrupt:
+                status = "interrupted"
+                self.exception(*sys.exc_info())
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except KeyboardInterrupt:  # arrived between the two handlers
+            status = "interrupted"
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: S110
+            pass
+        self.chan.send({"type": "done", "id": self.current, "status": status})
+
+    def exception(self, etype: Any, value: Any, tb: Any) -> None:
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        lines = traceback.format_exception(etype, value, tb)
+        self.chan.send(
+            {
+                "type": "exception",
+                "id": self.current,
+                "ename": getattr(etype, "__name__", str(etype)),
+                "evalue": self.safe_repr(value)[:10_000] if not str(value) else str(value)[:10_000],
+                "traceback": "".join(lines)[-50_000:],
+            }
+        )
+
+    def _run(self, code: str, engine: str) -> str:
+        ns = self.namespace(engine)
+        try:
+            if engine == "sage":
+                code = PRELOADED["preparse"](code)
+            tree = ast.parse(code, "<cell>", "exec")
+        except SyntaxError:
+            self.exception(*sys.exc_info())
+            return "error"
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)  # type: ignore[attr-defined]
+        try:
+            exec(compile(tree, "<cell>", "exec"), ns)  # noqa: S102
+            if last is not None:
+                value = eval(compile(last, "<cell>", "eval"), ns)  # noqa: S307
+                if value is not None:
+                    ns["_"] = value
+                    self.chan.send({"type": "result", "id": self.current, "data": self.rich(value)})
+            self.flush_figures()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self.exception(*sys.exc_info())
+            return "error"
+        return "ok"
+
+
+def child_main(ctrl_fd: int, engines: list[str]) -> None:
+    """Entry in the forked child; never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        chan = Channel(socket.socket(fileno=ctrl_fd))
+        msg = chan.recv()
+        if msg.get("type") != "assign":
+            os._exit(3)
+        try:
+            drop_privileges(msg)
+        except Exception as exc:
+            chan.send({"type": "failed", "message": f"{type(exc).__name__}: {exc}"})
+            os._exit(4)
+        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        sys.stdin = open(os.devnull)  # noqa: SIM115
+        engine = Engine(chan, engines)
+        chan.send({"type": "ready", "pid": os.getpid(), "uid": os.getuid()})
+        while True:
+            msg = chan.recv()
+            if msg.get("type") == "exec":
+                engine.run(msg)
+            elif msg.get("type") == "quit":
+                break
+    except (EOFError, OSError, FrameError):
+        code = 1
+    os._exit(code)

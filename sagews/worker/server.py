@@ -1,0 +1,1008 @@
+"""The worker server: mutually authenticated TLS, framed JSON, one forked engine per open workspace.
+
+See docs/protocol-worker.md for the protocol and docs on limits. Process layout::
+
+    sagews-worker (root, asyncio; holds the TLS key)
+      +-- zygote (root; pre-imports engines; no key in memory)
+      |     +-- engine for workspace A (uid sagews_worker_1, rlimits)  [+ pre-forked warm ones]
+      |     +-- engine for workspace B (uid sagews_worker_2, rlimits)
+      +-- short-lived forks for file/git operations (as the workspace uid)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import codecs
+import contextlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sagews import __version__
+from sagews.framing import FrameError, encode, read_frame
+from sagews.tls import peer_common_name, server_context
+from sagews.worker.config import WorkerConfig
+from sagews.worker.users import WORKSPACE_ID, Account, UserPool, kill_uid
+from sagews.worker.workspace import OpError, prepare_dir, private_tmp, run_as
+
+log = logging.getLogger("sagews.worker")
+
+PROTOCOL_VERSIONS = (1,)
+CHUNK = 65536
+ENGINE_FRAME_MAX = 64 * 1024 * 1024
+FILE_OPS = {"ls", "read", "write", "rename", "delete", "history"}
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def describe_status(status: int | None) -> str:
+    if status is None:
+        return "engine process ended"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return "CPU time limit exceeded (SIGXCPU)"
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return f"engine killed by {name}"
+    return f"engine exited with code {os.WEXITSTATUS(status)}"
+
+
+# ------------------------------------------------------------------------------------------ zygote
+@dataclass
+class EngineProc:
+    pid: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    out_fd: int
+    err_fd: int
+    exited: asyncio.Future[int]
+
+
+class Zygote:
+    def __init__(self, engines: list[str]) -> None:
+        self.wanted = engines
+        self.available: list[str] = []
+        self.sock: socket.socket | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.tokens = itertools.count(1)
+        self.spawning: dict[int, asyncio.Future[int]] = {}
+        self.exits: dict[int, asyncio.Future[int]] = {}
+        self.ready: asyncio.Future[dict[str, Any]] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.ready = loop.create_future()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sagews.worker.zygote", str(theirs.fileno()), json.dumps(self.wanted)],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        ours.setblocking(False)
+        loop.add_reader(ours.fileno(), self._on_message)
+        msg = await asyncio.wait_for(self.ready, 120)
+        self.available = list(msg["engines"])
+
+    def _on_message(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+                for fut in list(self.exits.values()) + list(self.spawning.values()):
+                    if not fut.done():
+                        fut.set_result(-1)
+                if self.ready and not self.ready.done():
+                    self.ready.set_exception(RuntimeError("zygote died during start"))
+                return
+            msg = json.loads(data)
+            op = msg.get("op")
+            if op == "ready" and self.ready:
+                self.ready.set_result(msg)
+            elif op == "spawned":
+                fut = self.spawning.pop(msg["token"], None)
+                if fut and not fut.done():
+                    fut.set_result(msg["pid"])
+            elif op == "exited":
+                fut = self.exits.setdefault(msg["pid"], asyncio.get_running_loop().create_future())
+                if not fut.done():
+                    fut.set_result(msg["status"])
+
+    async def spawn(self) -> EngineProc:
+        assert self.sock is not None
+        loop = asyncio.get_running_loop()
+        ctrl, child_ctrl = socket.socketpair()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        token = next(self.tokens)
+        fut: asyncio.Future[int] = loop.create_future()
+        self.spawning[token] = fut
+        try:
+            socket.send_fds(
+                self.sock,
+                [json.dumps({"op": "spawn", "token": token}).encode()],
+                [child_ctrl.fileno(), out_w, err_w],
+            )
+        finally:
+            child_ctrl.close()
+            os.close(out_w)
+            os.close(err_w)
+        pid = await asyncio.wait_for(fut, 30)
+        if pid < 0:
+            raise RuntimeError("the zygote is gone")
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        ctrl.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=ctrl, limit=ENGINE_FRAME_MAX)
+        exited = self.exits.setdefault(pid, loop.create_future())
+        return EngineProc(pid, reader, writer, out_r, err_r, exited)
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ----------------------------------------------------------------------------------------- sessions
+@dataclass
+class Execution:
+    conn: Connection
+    req_id: Any
+    session: str
+    done: asyncio.Future[dict[str, Any]]
+    started: float = field(default_factory=time.monotonic)
+    output: int = 0
+    flooded: bool = False
+    limit: str | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+
+class Session:
+    def __init__(
+        self, worker: Worker, workspace: str, account: Account, root: Path, tmp: Path, engine: str
+    ) -> None:
+        self.worker = worker
+        self.id = uuid.uuid4().hex
+        self.workspace = workspace
+        self.account = account
+        self.root = root
+        self.tmp = tmp
+        self.engine_name = engine
+        self.proc: EngineProc | None = None
+        self.lock = asyncio.Lock()
+        self.current: Execution | None = None
+        self.last: Execution | None = None
+        self.alive = False
+        self.death: str | None = None
+        self.last_activity = time.monotonic()
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.over_quota = False
+        self.quota_pending = False
+        self.decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+        self.reader_task: asyncio.Task[None] | None = None
+        self.executions = 0
+
+    @property
+    def limits(self) -> Any:
+        return self.worker.config.limits
+
+    def env(self) -> dict[str, str]:
+        tmp = str(self.tmp)
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.root),
+            "USER": self.account.name,
+            "LOGNAME": self.account.name,
+            "LANG": "C.UTF-8",
+            "TMPDIR": tmp,
+            "DOT_SAGE": os.path.join(tmp, ".sage"),
+            "MPLCONFIGDIR": os.path.join(tmp, "matplotlib"),
+            "MPLBACKEND": "Agg",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "SAGEWS_WORKSPACE": self.workspace,
+        }
+
+    async def start_engine(self) -> None:
+        proc = await self.worker.take_engine()
+        self.proc = proc
+        loop = asyncio.get_running_loop()
+        loop.add_reader(proc.out_fd, self._on_output, proc.out_fd, "stdout")
+        loop.add_reader(proc.err_fd, self._on_output, proc.err_fd, "stderr")
+        proc.writer.write(
+            encode(
+                {
+                    "type": "assign",
+                    "uid": self.account.uid,
+                    "gid": self.account.gid,
+                    "cwd": str(self.root),
+                    "env": self.env(),
+                    "limits": self.worker.config.limits.__dict__,
+                }
+            )
+        )
+        msg = await asyncio.wait_for(read_frame(proc.reader, ENGINE_FRAME_MAX), 30)
+        if not msg or msg.get("type") != "ready":
+            self._stop_engine()
+            raise ProtocolError("engine_failed", f"engine did not start: {msg and msg.get('message')}")
+        self.alive = True
+        self.death = None
+        self.reader_task = asyncio.create_task(self._read_engine(proc))
+
+    def _on_output(self, fd: int, name: str) -> None:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            return
+        self._forward(name, data)
+
+    def _forward(self, name: str, data: bytes) -> None:
+        ex = self.current or self.last
+        if ex is None or ex.flooded:
+            return
+        limit = self.limits.output_bytes
+        ex.output += len(data)
+        if ex.output > limit:
+            keep = max(0, len(data) - (ex.output - limit))
+            text = self.decoders[name].decode(data[:keep])
+            if text:
+                ex.conn.send(
+                    {"type": "stream", "re": ex.req_id, "session": self.id, "name": name, "text": text}
+                )
+            self._flood(ex)
+            return
+        text = self.decoders[name].decode(data)
+        if text:
+            ex.conn.send({"type": "stream", "re": ex.req_id, "session": self.id, "name": name, "text": text})
+
+    def _flood(self, ex: Execution) -> None:
+        ex.flooded = True
+        ex.limit = ex.limit or "output"
+        ex.conn.send(
+            {
+                "type": "stream",
+                "re": ex.req_id,
+                "session": self.id,
+                "name": "stderr",
+                "text": f"\n[sagews: output limit of {self.limits.output_bytes} bytes reached: the rest is "
+                "discarded and the execution interrupted]\n",
+            }
+        )
+        if ex is self.current:
+            self._interrupt_then_kill(ex)
+
+    def _interrupt_then_kill(self, ex: Execution) -> None:
+        self.interrupt()
+        ex.timers.append(
+            asyncio.get_running_loop().call_later(
+                self.limits.interrupt_grace_seconds, self._kill_if_running, ex
+            )
+        )
+
+    def _kill_if_running(self, ex: Execution) -> None:
+        if self.current is ex:
+            self.kill(f"did not stop within {self.limits.interrupt_grace_seconds} s of an interrupt")
+
+    def _drain(self) -> None:
+        if self.proc is None:
+            return
+        for fd, name in ((self.proc.out_fd, "stdout"), (self.proc.err_fd, "stderr")):
+            for _ in range(64):
+                try:
+                    data = os.read(fd, CHUNK)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._forward(name, data)
+
+    async def _read_engine(self, proc: EngineProc) -> None:
+        try:
+            while True:
+                msg = await read_frame(proc.reader, ENGINE_FRAME_MAX)
+                if msg is None:
+                    break
+                ex = self.current
+                kind = msg.get("type")
+                if ex is None or msg.get("id") != ex.req_id:
+                    continue
+                if kind == "done":
+                    self._drain()
+                    if not ex.done.done():
+                        ex.done.set_result(msg)
+                elif kind in {"display", "result", "exception"}:
+                    size = len(json.dumps(msg.get("data", ""))) if kind != "exception" else 0
+                    ex.output += size
+                    if ex.flooded:
+                        continue
+                    if ex.output > self.limits.output_bytes:
+                        self._flood(ex)
+                        continue
+                    out = {k: v for k, v in msg.items() if k in {"data", "ename", "evalue", "traceback"}}
+                    ex.conn.send({"type": kind, "re": ex.req_id, "session": self.id, **out})
+        except (FrameError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        # the engine is gone (or talked garbage): make sure every process of the uid is gone too
+        status: int | None = None
+        if proc is self.proc:
+            self.alive = False
+            kill_uid(self.account.uid)
+            with contextlib.suppress(TimeoutError):
+                status = await asyncio.wait_for(asyncio.shield(proc.exited), 2)
+            self.death = self.death or describe_status(status)
+            ex = self.current
+            if ex is not None and not ex.done.done():
+                self._drain()
+                ex.done.set_result({"type": "done", "status": "died", "message": self.death})
+
+    def interrupt(self) -> None:
+        if self.proc is not None and self.alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGINT)
+
+    def kill(self, reason: str) -> None:
+        self.death = reason
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        kill_uid(self.account.uid)
+
+    def _stop_engine(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        loop = asyncio.get_running_loop()
+        for fd in (proc.out_fd, proc.err_fd):
+            with contextlib.suppress(Exception):
+                loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        proc.writer.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        kill_uid(self.account.uid)
+        self.proc = None
+        self.alive = False
+
+    async def restart(self) -> None:
+        self.kill("restarted")
+        old = self.reader_task
+        self._stop_engine()
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old, 5)
+        await self.start_engine()
+
+    async def execute(self, conn: Connection, req_id: Any, code: str, engine: str) -> dict[str, Any]:
+        async with self.lock:
+            if not self.alive or self.proc is None:
+                raise ProtocolError(
+                    "session_dead", f"the session's engine is not running ({self.death}); restart it"
+                )
+            loop = asyncio.get_running_loop()
+            ex = Execution(conn, req_id, self.id, loop.create_future())
+            self.current = self.last = ex
+            self.executions += 1
+            for d in self.decoders.values():
+                d.reset()
+            self.proc.writer.write(encode({"type": "exec", "id": req_id, "code": code, "engine": engine}))
+            ex.timers.append(loop.call_later(self.limits.walltime_seconds, self._walltime, ex))
+            try:
+                result = await ex.done
+            finally:
+                for t in ex.timers:
+                    t.cancel()
+                self.current = None
+                self.touch()
+            status = result.get("status", "ok")
+            reply: dict[str, Any] = {
+                "type": "done",
+                "re": req_id,
+                "session": self.id,
+                "status": status,
+                "elapsed": round(time.monotonic() - ex.started, 6),
+            }
+            if ex.limit:
+                reply["limit"] = ex.limit
+                reply["status"] = "limit"
+                reply["message"] = {
+                    "output": f"output limit of {self.limits.output_bytes} bytes exceeded",
+                    "walltime": f"wall-clock limit of {self.limits.walltime_seconds} s exceeded",
+                }[ex.limit]
+            if status == "died":
+                reply["message"] = reply.get("message") or result.get("message")
+                reply["engine"] = result.get("message")
+            self.schedule_quota_check()
+            return reply
+
+    def _walltime(self, ex: Execution) -> None:
+        if self.current is ex:
+            ex.limit = "walltime"
+            ex.conn.send(
+                {
+                    "type": "stream",
+                    "re": ex.req_id,
+                    "session": self.id,
+                    "name": "stderr",
+                    "text": f"\n[sagews: wall-clock limit of {self.limits.walltime_seconds} s reached: "
+                    "interrupting]\n",
+                }
+            )
+            self._interrupt_then_kill(ex)
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+        if self.idle_handle is None:
+            self._arm_idle(self.limits.idle_timeout_seconds)
+
+    def _arm_idle(self, delay: float) -> None:
+        self.idle_handle = asyncio.get_running_loop().call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_handle = None
+        idle = time.monotonic() - self.last_activity
+        if self.current is not None or idle < self.limits.idle_timeout_seconds:
+            self._arm_idle(max(0.05, self.limits.idle_timeout_seconds - idle))
+            return
+        log.info("closing idle session %s (%s)", self.id, self.workspace)
+        asyncio.get_running_loop().create_task(self.worker.close_session(self, "idle timeout"))
+
+    def schedule_quota_check(self, now: bool = False) -> None:
+        """Measure the checkout (in a fork, as the workspace uid) soon; at most every 0.5 s per session."""
+        if self.quota_pending:
+            return
+        self.quota_pending = True
+        loop = asyncio.get_running_loop()
+        delay = 0.0 if now else 0.5
+        loop.call_later(delay, lambda: self.worker.spawn_task(self._quota_check()))
+
+    async def _quota_check(self) -> None:
+        if not self.worker.sessions.get(self.id):
+            return
+        try:
+            used = (await self.op("du", {}))["bytes"]
+        except OpError:
+            return
+        finally:
+            self.quota_pending = False
+        quota = self.limits.disk_quota_mb << 20
+        was = self.over_quota
+        self.over_quota = used > quota
+        if self.over_quota and not was and self.last is not None:
+            self.last.conn.send(
+                {
+                    "type": "quota",
+                    "session": self.id,
+                    "used": used,
+                    "quota": quota,
+                    "message": f"disk quota exceeded: {used} bytes used of {quota}; writes and saves are "
+                    "refused until files are deleted",
+                }
+            )
+
+    async def op(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        return await run_as(
+            self.account,
+            self.root,
+            self.tmp,
+            op,
+            args,
+            fsize=self.limits.file_size_mb << 20,
+            max_bytes=int(self.worker.config.max_frame * 0.7),
+        )
+
+    async def close(self) -> None:
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        ex = self.current
+        self.kill("session closed")
+        if ex is not None and not ex.done.done():
+            ex.done.set_result({"type": "done", "status": "died", "message": "session closed"})
+        task = self.reader_task
+        self._stop_engine()
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------- worker
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.zygote = Zygote(config.engines)
+        self.pool: list[EngineProc] = []
+        self.refilling = False
+        self.sessions: dict[str, Session] = {}
+        self.by_workspace: dict[str, Session] = {}
+        self.opening: dict[str, asyncio.Future[Session]] = {}
+        self.connections: set[Connection] = set()
+        self.server: asyncio.Server | None = None
+        self.stopping = False
+        self.started = time.time()
+        self.workspaces = Path(config.workspaces_dir)
+        self.state = Path(config.state_dir)
+        self.tmp = Path(config.tmp_dir)
+        self.users: UserPool | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # setup ---------------------------------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        for path, mode in ((self.workspaces, 0o711), (self.state, 0o700), (self.tmp, 0o711)):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, 0, 0)
+            os.chmod(path, mode)
+        (self.state / "bundles").mkdir(mode=0o700, exist_ok=True)
+        for parent in [self.workspaces.resolve(), *self.workspaces.resolve().parents]:
+            if not parent.stat().st_mode & 0o001:
+                raise RuntimeError(f"{parent} is not traversable (o+x) for workspace users: {self.workspaces}")
+        key = Path(self.config.key)
+        st = key.stat()
+        if st.st_mode & 0o077 or st.st_uid != 0:
+            os.chown(key, 0, 0)
+            os.chmod(key, 0o600)
+        self.users = UserPool(self.state, self.config.user_prefix, self.config.user_pool_size)
+
+    async def start(self) -> int:
+        self._prepare_dirs()
+        ctx = server_context(self.config.cert, self.config.key, self.config.ca)
+        await self.zygote.start()
+        self.refill()
+        self.server = await asyncio.start_server(
+            self._on_client,
+            self.config.host,
+            self.config.port,
+            ssl=ctx,
+            limit=CHUNK,
+            ssl_handshake_timeout=10,
+        )
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    def spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @property
+    def engines(self) -> list[str]:
+        return self.zygote.available
+
+    def refill(self) -> None:
+        if self.refilling or self.stopping:
+            return
+        self.refilling = True
+        asyncio.get_running_loop().create_task(self._refill())
+
+    async def _refill(self) -> None:
+        try:
+            while len(self.pool) < self.config.warm_pool and not self.stopping:
+                self.pool.append(await self.zygote.spawn())
+        except Exception:
+            log.exception("could not refill the warm pool")
+        finally:
+            self.refilling = False
+
+    async def take_engine(self) -> EngineProc:
+        proc = self.pool.pop(0) if self.pool else await self.zygote.spawn()
+        self.refill()
+        return proc
+
+    # sessions ------------------------------------------------------------------------------------
+    async def open_session(self, workspace: object, engine: object) -> tuple[Session, bool]:
+        if not isinstance(workspace, str) or not WORKSPACE_ID.match(workspace):
+            raise ProtocolError("bad_field", "workspace must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+        engine = self.config.default_engine if engine is None else engine
+        self.check_engine(engine)
+        existing = self.by_workspace.get(workspace)
+        if existing is not None:
+            return existing, True
+        pending = self.opening.get(workspace)
+        if pending is not None:
+            return await asyncio.shield(pending), True
+        fut: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        self.opening[workspace] = fut
+        try:
+            assert self.users is not None
+            root = self.workspaces / workspace
+            busy = set(self.by_workspace)
+            try:
+                account = self.users.account_for(workspace, root, busy)
+            except RuntimeError as exc:
+                raise ProtocolError("no_capacity", str(exc)) from None
+            prepare_dir(root, account)
+            tmp = private_tmp(self.tmp, account)
+            session = Session(self, workspace, account, root, tmp, str(engine))
+            await session.start_engine()
+            self.sessions[session.id] = session
+            self.by_workspace[workspace] = session
+            session.touch()
+            fut.set_result(session)
+            return session, False
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            self.opening.pop(workspace, None)
+
+    def check_engine(self, engine: object) -> None:
+        if engine not in {"python", "sage"}:
+            raise ProtocolError("bad_field", "engine must be 'python' or 'sage'")
+        if engine not in self.engines:
+            if engine == "sage":
+                raise ProtocolError(
+                    "engine_unavailable", "Sage is not installed on this worker (install sagews[sage])"
+                )
+            raise ProtocolError("engine_unavailable", f"engine {engine} is disabled on this worker")
+
+    def session(self, sid: object) -> Session:
+        if not isinstance(sid, str):
+            raise ProtocolError("bad_field", "session must be a session id string")
+        s = self.sessions.get(sid)
+        if s is None:
+            raise ProtocolError("no_session", f"no such session: {sid[:80]}")
+        s.touch()
+        return s
+
+    async def close_session(self, session: Session, reason: str) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        self.by_workspace.pop(session.workspace, None)
+        if session.last is not None and reason == "idle timeout":
+            session.last.conn.send({"type": "closed", "session": session.id, "reason": reason})
+        await session.close()
+
+    # workspace saves -----------------------------------------------------------------------------
+    def _bundle_dir(self, workspace: str) -> Path:
+        path = self.state / "bundles" / workspace
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    async def save(self, session: Session, message: object) -> dict[str, Any]:
+        if session.over_quota:
+            raise ProtocolError("quota", "disk quota exceeded: delete files before saving")
+        bdir = self._bundle_dir(session.workspace)
+        marker = bdir / "saved"
+        last = marker.read_text().strip() if marker.exists() else None
+        res = await session.op("save", {"message": message, "last": last})
+        reply: dict[str, Any] = {"commit": res["commit"], "bundle": None, "base": False, "size": 0}
+        if res["bundle"] is None:
+            reply["unchanged"] = True
+            return reply
+        data = base64.b64decode(res["bundle"])
+        if res["base"]:
+            for old in bdir.glob("*.bundle"):
+                old.unlink()
+        seq = len(list(bdir.glob("*.bundle")))
+        (bdir / f"{seq:06d}.bundle").write_bytes(data)
+        marker.write_text(res["commit"])
+        reply.update(base=res["base"], size=len(data), seq=seq)
+        if len(res["bundle"]) < self.config.max_frame - 4096:
+            reply["bundle"] = res["bundle"]
+        else:
+            reply["bundle_omitted"] = True
+        return reply
+
+    async def restore(self, session: Session, bundles: object) -> dict[str, Any]:
+        bdir = self._bundle_dir(session.workspace)
+        if bundles is None:
+            files = sorted(bdir.glob("*.bundle"))
+            if not files:
+                raise ProtocolError("not_found", "no saved bundles for this workspace on this worker")
+            bundles = [base64.b64encode(f.read_bytes()).decode() for f in files]
+        async with session.lock:
+            session.kill("restoring")
+            res = await session.op("restore", {"bundles": bundles})
+            await session.restart()
+        (bdir / "saved").write_text(res["commit"])
+        return res
+
+    # status and shutdown -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        mem: dict[str, int] = {}
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                k, v = line.split(":", 1)
+                if k in {"MemTotal", "MemAvailable"}:
+                    mem[k] = int(v.split()[0]) * 1024
+        pressure = None
+        with contextlib.suppress(OSError), open("/proc/pressure/cpu") as fh:
+            pressure = fh.readline().strip()
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSIONS[-1],
+            "engines": self.engines,
+            "sessions": len(self.sessions),
+            "running": sum(1 for s in self.sessions.values() if s.current is not None),
+            "warm": len(self.pool),
+            "load": list(os.getloadavg()),
+            "cpu_pressure": pressure,
+            "mem_total": mem.get("MemTotal"),
+            "mem_available": mem.get("MemAvailable"),
+            "uptime": round(time.time() - self.started, 3),
+            "stopping": self.stopping,
+        }
+
+    async def shutdown(self) -> None:
+        """SIGTERM: refuse new work, let running executions finish (up to the grace), checkpoint, stop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down: %d sessions", len(self.sessions))
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.send({"type": "shutdown", "grace": self.config.shutdown_grace_seconds})
+        deadline = time.monotonic() + self.config.shutdown_grace_seconds
+        while any(s.current for s in self.sessions.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for s in list(self.sessions.values()):
+            if s.current is not None:
+                s.kill("worker shutting down")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.save(s, "checkpoint at worker shutdown"), 30)
+            await self.close_session(s, "worker shutdown")
+        for proc in self.pool:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        for conn in list(self.connections):
+            conn.close()
+        self.zygote.stop()
+
+    # connections ---------------------------------------------------------------------------------
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(self, reader, writer)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+
+class Connection:
+    def __init__(self, worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.worker = worker
+        self.reader = reader
+        self.writer = writer
+        self.version: int | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sslobj = writer.get_extra_info("ssl_object")
+        self.peer = peer_common_name(sslobj) if sslobj is not None else None
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        transport = self.writer.transport
+        if transport.is_closing():
+            self.closed = True
+            return
+        if transport.get_write_buffer_size() > 4 * self.worker.config.max_frame + (64 << 20):
+            log.warning("client %s does not read its replies: closing", self.peer)
+            self.close()
+            return
+        self.writer.write(encode(msg))
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    def error(self, req_id: Any, code: str, message: str) -> None:
+        self.send({"type": "error", "re": req_id, "code": code, "message": message})
+
+    async def run(self) -> None:
+        max_frame = self.worker.config.max_frame
+        try:
+            while not self.closed:
+                try:
+                    msg = await read_frame(self.reader, max_frame)
+                except FrameError as exc:
+                    self.error(None, exc.code, exc.message)
+                    if exc.code == "too_large":
+                        break  # the body was not read: the stream cannot be resynchronised
+                    continue
+                if msg is None:
+                    break
+                self.dispatch(msg)
+                await self.writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.drain(), 1)
+            self.close()
+
+    def dispatch(self, msg: dict[str, Any]) -> None:
+        req_id = msg.get("id")
+        if (
+            not isinstance(req_id, (int, str))
+            or isinstance(req_id, bool)
+            or (isinstance(req_id, str) and len(req_id) > 128)
+            or (isinstance(req_id, int) and abs(req_id) > 2**53)
+        ):
+            self.error(
+                None, "bad_message", "every request needs an id: an integer or a string of <= 128 chars"
+            )
+            return
+        kind = msg.get("type")
+        if not isinstance(kind, str):
+            self.error(req_id, "bad_message", "every request needs a type (string)")
+            return
+        if self.version is None and kind != "hello":
+            self.error(req_id, "hello_required", "send hello first")
+            return
+        handler = getattr(self, f"do_{kind}", None) if kind.isidentifier() and kind.islower() else None
+        if handler is None:
+            self.error(req_id, "unknown_type", f"unknown request type {kind[:64]!r}")
+            return
+        if self.worker.stopping and kind not in {"hello", "status"}:
+            self.error(req_id, "shutting_down", "the worker is shutting down")
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(handler, req_id, msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _handle(self, handler: Any, req_id: Any, msg: dict[str, Any]) -> None:
+        try:
+            reply = await handler(req_id, msg)
+            if reply is not None:
+                reply.setdefault("re", req_id)
+                self.send(reply)
+        except ProtocolError as exc:
+            self.error(req_id, exc.code, exc.message)
+        except OpError as exc:
+            self.error(req_id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("request %r failed", msg.get("type"))
+            self.error(req_id, "internal", f"{type(exc).__name__}: {exc}"[:500])
+
+    # handlers ----------------------------------------------------------------------------------
+    async def do_hello(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        versions = msg.get("versions")
+        if not isinstance(versions, list) or not all(isinstance(v, int) for v in versions):
+            raise ProtocolError("bad_field", "versions must be a list of integers")
+        common = set(versions) & set(PROTOCOL_VERSIONS)
+        if not common:
+            raise ProtocolError(
+                "bad_version", f"no common protocol version; this worker speaks {PROTOCOL_VERSIONS}"
+            )
+        self.version = max(common)
+        return {
+            "type": "hello",
+            "version": self.version,
+            "server": f"sagews-worker {__version__}",
+            "engines": self.worker.engines,
+            "max_frame": self.worker.config.max_frame,
+            "peer": self.peer,
+        }
+
+    async def do_status(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "status", **self.worker.status()}
+
+    async def do_open(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        session, existing = await self.worker.open_session(msg.get("workspace"), msg.get("engine"))
+        return {
+            "type": "opened",
+            "session": session.id,
+            "workspace": session.workspace,
+            "engine": session.engine_name,
+            "user": session.account.name,
+            "existing": existing,
+            "elapsed": round(time.monotonic() - t0, 6),
+        }
+
+    async def do_exec(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        code = msg.get("code")
+        if not isinstance(code, str):
+            raise ProtocolError("bad_field", "code must be a string")
+        engine = msg.get("engine", session.engine_name)
+        self.worker.check_engine(engine)
+        return await session.execute(self, req_id, code, str(engine))
+
+    async def do_interrupt(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        session.interrupt()
+        return {"type": "ok", "session": session.id}
+
+    async def do_kill(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        session.kill("killed on request")
+        return {"type": "ok", "session": session.id}
+
+    async def do_restart(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        await session.restart()
+        return {"type": "ok", "session": session.id}
+
+    async def do_close(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        await self.worker.close_session(session, "closed on request")
+        return {"type": "ok", "session": session.id}
+
+    async def _file_op(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        kind = str(msg["type"])
+        if kind == "write" and session.over_quota:
+            raise ProtocolError("quota", "disk quota exceeded: delete files first")
+        args = {k: v for k, v in msg.items() if k not in {"type", "id", "session"}}
+        res = await session.op(kind, args)
+        if kind in {"write", "rename", "delete"}:
+            session.last = session.last or Execution(
+                self, req_id, session.id, asyncio.get_running_loop().create_future()
+            )
+            session.schedule_quota_check(now=True)
+        return {"type": kind, "session": session.id, **res}
+
+    do_ls = do_read = do_write = do_rename = do_delete = do_history = _file_op
+
+    async def do_save(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        res = await self.worker.save(session, msg.get("message"))
+        return {"type": "saved", "session": session.id, **res}
+
+    async def do_restore(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        res = await self.worker.restore(session, msg.get("bundles"))
+        return {"type": "restored", "session": session.id, **res}
+
+
+# ------------------------------------------------------------------------------------------- main
+async def serve(config: WorkerConfig, ready: Any = None) -> None:
+    worker = Worker(config)
+    port = await worker.start()
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result("SIGTERM"))
+    loop.add_signal_handler(signal.SIGINT, lambda: stop.done() or stop.set_result("SIGINT"))
+    print(f"sagews-worker listening on {config.host}:{port} engines={','.join(worker.engines)}", flush=True)
+    if ready is not None:
+        ready(port)
+    await stop
+    await worker.shutdown()

@@ -1,0 +1,411 @@
+"""Workspace file and git operations, run as the workspace's own uid in a short-lived fork.
+
+Every operation runs in a child forked from the server that first closes every inherited file
+descriptor but its result pipe, drops to the workspace uid (it becomes non-dumpable, so other
+processes of that uid cannot read its memory), chdirs into the checkout and applies the file-size
+limit. Paths are checked lexically (no absolute paths, no ``..``) and after resolving symlinks
+(must stay inside the checkout); since the check runs as the workspace uid, even a symlink swapped
+in after the check only reaches what that uid may read anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sagews.worker.users import Account
+
+
+class OpError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+GIT_FLAGS = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false"]
+
+
+def _git_env(tmp: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": tmp,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "sagews",
+        "GIT_AUTHOR_EMAIL": "sagews@localhost",
+        "GIT_COMMITTER_NAME": "sagews",
+        "GIT_COMMITTER_EMAIL": "sagews@localhost",
+        "LC_ALL": "C",
+    }
+
+
+def git(*args: str, tmp: str = "/tmp", check: bool = True, timeout: float = 60) -> bytes:  # noqa: S108
+    proc = subprocess.run(
+        ["git", *GIT_FLAGS, *args], capture_output=True, env=_git_env(tmp), timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise OpError("git", f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()[:2000]}")
+    return proc.stdout
+
+
+def confine(path: object, root: str, *, allow_root: bool = False, writing: bool = False) -> str:
+    """A path relative to ``root`` that stays inside it, or OpError('path_refused')."""
+    if not isinstance(path, str) or "\x00" in path:
+        raise OpError("bad_field", "path must be a string")
+    if path.startswith("/"):
+        raise OpError("path_refused", f"absolute paths are refused: {path!r}")
+    parts = [p for p in path.split("/") if p not in {"", "."}]
+    if ".." in parts:
+        raise OpError("path_refused", f"'..' is refused: {path!r}")
+    if not parts and not allow_root:
+        raise OpError("path_refused", "a file path is required")
+    if writing and parts and parts[0] == ".git":
+        raise OpError("path_refused", "the .git directory is managed by the worker")
+    rel = "/".join(parts) or "."
+    parent = os.path.realpath(os.path.join(root, os.path.dirname(rel)))
+    if parent != root and not parent.startswith(root + "/"):
+        raise OpError("path_refused", f"{path!r} leads outside the workspace (symlink)")
+    full = os.path.join(root, rel)
+    if os.path.islink(full) and not writing:
+        target = os.path.realpath(full)
+        if target != root and not target.startswith(root + "/"):
+            raise OpError("path_refused", f"{path!r} is a symlink out of the workspace")
+    return rel
+
+
+def _ls(root: str, a: dict[str, Any]) -> dict[str, Any]:
+    rel = confine(a.get("path", "."), root, allow_root=True)
+    entries = []
+    try:
+        with os.scandir(rel) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                kind = "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "file"
+                entries.append({"name": e.name, "type": kind, "size": st.st_size, "mtime": st.st_mtime})
+    except FileNotFoundError:
+        raise OpError("not_found", f"no such directory: {rel}") from None
+    except NotADirectoryError:
+        raise OpError("bad_field", f"not a directory: {rel}") from None
+    entries.sort(key=lambda e: e["name"])
+    return {"path": rel, "entries": entries}
+
+
+def _encode_content(data: bytes) -> dict[str, Any]:
+    try:
+        return {"text": data.decode("utf-8"), "size": len(data)}
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(data).decode(), "size": len(data)}
+
+
+def _read(root: str, a: dict[str, Any], tmp: str, max_bytes: int) -> dict[str, Any]:
+    rel = confine(a.get("path"), root)
+    commit = a.get("commit")
+    if commit is not None:
+        if not isinstance(commit, str) or not commit or commit.startswith("-") or ":" in commit:
+            raise OpError("bad_field", "commit must be a commit id")
+        proc = subprocess.run(
+            ["git", *GIT_FLAGS, "show", f"{commit}:{rel}"],
+            capture_output=True,
+            env=_git_env(tmp),
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise OpError("not_found", f"{rel} not found at {commit}")
+        data = proc.stdout
+    else:
+        try:
+            fd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise OpError("not_found", f"no such file: {rel}") from None
+        except OSError as exc:
+            raise OpError("path_refused" if os.path.islink(rel) else "io", f"{rel}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OpError("bad_field", f"not a regular file: {rel}")
+            data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OpError("too_large", f"{rel} is larger than {max_bytes} bytes; read it in pieces from code")
+    return {"path": rel, **_encode_content(data)}
+
+
+def _write(root: str, a: dict[str, Any]) -> dict[str, Any]:
+    rel = confine(a.get("path"), root, writing=True)
+    if isinstance(a.get("text"), str):
+        data = a["text"].encode()
+    elif isinstance(a.get("b64"), str):
+        try:
+            data = base64.b64decode(a["b64"], validate=True)
+        except ValueError:
+            raise OpError("bad_field", "b64 is not valid base64") from None
+    else:
+        raise OpError("bad_field", "write needs 'text' (string) or 'b64' (base64 string)")
+    parent = os.path.dirname(rel)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+        confine(rel, root, writing=True)  # re-check after creating directories
+    try:
+        fd = os.open(rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise OpError("path_refused" if os.path.islink(rel) else "io", f"{rel}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as fh:
+        try:
+            fh.write(data)
+        except OSError as exc:
+            raise OpError("quota", f"{rel}: {exc.strerror} (file size limit)") from None
+    return {"path": rel, "size": len(data)}
+
+
+def _rename(root: str, a: dict[str, Any]) -> dict[str, Any]:
+    src = confine(a.get("src"), root, writing=True)
+    dst = confine(a.get("dst"), root, writing=True)
+    if not os.path.lexists(src):
+        raise OpError("not_found", f"no such file: {src}")
+    if os.path.dirname(dst):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.rename(src, dst)
+    return {"src": src, "dst": dst}
+
+
+def _delete(root: str, a: dict[str, Any]) -> dict[str, Any]:
+    rel = confine(a.get("path"), root, writing=True)
+    if not os.path.lexists(rel):
+        raise OpError("not_found", f"no such file: {rel}")
+    if os.path.isdir(rel) and not os.path.islink(rel):
+        shutil.rmtree(rel)
+    else:
+        os.unlink(rel)
+    return {"path": rel}
+
+
+def disk_usage(root: str) -> int:
+    total = 0
+    for dirpath, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def _init(root: str, tmp: str) -> None:
+    if not os.path.isdir(".git"):
+        git("init", "-q", "-b", "main", tmp=tmp)
+
+
+def _save(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
+    _init(root, tmp)
+    git("add", "-A", tmp=tmp)
+    message = a.get("message") if isinstance(a.get("message"), str) and a.get("message") else "save"
+    if git("status", "--porcelain", tmp=tmp).strip():
+        git("commit", "-q", "-m", str(message), tmp=tmp)
+    head = git("rev-parse", "-q", "--verify", "HEAD", tmp=tmp, check=False).decode().strip()
+    if not head:
+        raise OpError("nothing_to_save", "the workspace has no files to save yet")
+    last = a.get("last")
+    if last == head:
+        return {"commit": head, "bundle": None}
+    known = (
+        isinstance(last, str)
+        and subprocess.run(
+            ["git", "cat-file", "-e", f"{last}^{{commit}}"],
+            capture_output=True,
+            env=_git_env(tmp),
+            check=False,
+        ).returncode
+        == 0
+    )
+    if known:
+        rng = [f"{last}..HEAD"]
+    else:
+        last, rng = None, ["HEAD"]
+    path = os.path.join(tmp, "save.bundle")
+    git("bundle", "create", "-q", path, *rng, tmp=tmp)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    os.unlink(path)
+    return {"commit": head, "base": last is None, "bundle": base64.b64encode(data).decode()}
+
+
+def _restore(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
+    bundles = a.get("bundles")
+    if not isinstance(bundles, list) or not bundles or not all(isinstance(b, str) for b in bundles):
+        raise OpError("bad_field", "bundles must be a non-empty list of base64 strings, base first")
+    for name in os.listdir("."):
+        if os.path.isdir(name) and not os.path.islink(name):
+            shutil.rmtree(name)
+        else:
+            os.unlink(name)
+    git("init", "-q", "-b", "main", tmp=tmp)
+    path = os.path.join(tmp, "restore.bundle")
+    for i, b64 in enumerate(bundles):
+        with open(path, "wb") as fh:
+            fh.write(base64.b64decode(b64))
+        proc = subprocess.run(
+            ["git", *GIT_FLAGS, "fetch", "-q", path, "HEAD"],
+            capture_output=True,
+            env=_git_env(tmp),
+            timeout=300,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise OpError(
+                "bad_bundle", f"bundle {i} does not apply: {proc.stderr.decode(errors='replace')[:500]}"
+            )
+        git("update-ref", "refs/heads/main", "FETCH_HEAD", tmp=tmp)
+    os.unlink(path)
+    git("reset", "-q", "--hard", "main", tmp=tmp)
+    head = git("rev-parse", "HEAD", tmp=tmp).decode().strip()
+    return {"commit": head}
+
+
+def _history(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
+    limit = a.get("limit", 100)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise OpError("bad_field", "limit must be a positive integer")
+    if not os.path.isdir(".git") or not git("rev-parse", "-q", "--verify", "HEAD", tmp=tmp, check=False):
+        return {"commits": []}
+    out = git("log", f"-n{min(limit, 10_000)}", "--format=%H%x1f%an%x1f%aI%x1f%s", tmp=tmp).decode()
+    commits = []
+    for line in out.splitlines():
+        h, author, date, subject = line.split("\x1f", 3)
+        commits.append({"commit": h, "author": author, "date": date, "message": subject})
+    return {"commits": commits}
+
+
+def dispatch(op: str, root: str, args: dict[str, Any], tmp: str, max_bytes: int) -> dict[str, Any]:
+    if op == "ls":
+        return _ls(root, args)
+    if op == "read":
+        return _read(root, args, tmp, max_bytes)
+    if op == "write":
+        return _write(root, args)
+    if op == "rename":
+        return _rename(root, args)
+    if op == "delete":
+        return _delete(root, args)
+    if op == "du":
+        return {"bytes": disk_usage(root)}
+    if op == "save":
+        return _save(root, args, tmp)
+    if op == "restore":
+        return _restore(root, args, tmp)
+    if op == "history":
+        return _history(root, args, tmp)
+    if op == "init":
+        _init(root, tmp)
+        return {}
+    raise OpError("unknown_type", op)
+
+
+def _child(
+    wfd: int, account: Account, root: str, tmp: str, op: str, args: dict[str, Any], fsize: int, max_bytes: int
+) -> None:
+    try:
+        os.dup2(wfd, 3)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.closerange(4, 65536)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.setgroups([])
+        os.setresgid(account.gid, account.gid, account.gid)
+        os.setresuid(account.uid, account.uid, account.uid)
+        os.umask(0o077)
+        os.chdir(root)
+        try:
+            result: dict[str, Any] = {"ok": dispatch(op, root, args, tmp, max_bytes)}
+        except OpError as exc:
+            result = {"error": exc.code, "message": exc.message}
+        except subprocess.TimeoutExpired:
+            result = {"error": "timeout", "message": "the git command timed out"}
+        except OSError as exc:
+            result = {"error": "io", "message": f"{exc.strerror}: {exc.filename or ''}"}
+        data = json.dumps(result).encode()
+        with os.fdopen(3, "wb") as fh:
+            fh.write(data)
+    except BaseException:
+        os._exit(1)
+    os._exit(0)
+
+
+async def run_as(
+    account: Account,
+    root: Path,
+    tmp: Path,
+    op: str,
+    args: dict[str, Any],
+    *,
+    fsize: int,
+    max_bytes: int,
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """Run workspace operation ``op`` as ``account`` in ``root``; returns its result or raises OpError."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        _child(wfd, account, str(root), str(tmp), op, args, fsize, max_bytes)
+    os.close(wfd)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 30)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb")
+    )
+    try:
+        data = await asyncio.wait_for(reader.read(), timeout)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        data = b""
+    finally:
+        transport.close()
+        _reap(pid)
+    if not data:
+        raise OpError("internal", f"workspace operation {op} failed")
+    result = json.loads(data)
+    if "error" in result:
+        raise OpError(result["error"], result["message"])
+    ok: dict[str, Any] = result["ok"]
+    return ok
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def prepare_dir(path: Path, account: Account) -> None:
+    """The checkout directory: 0700, owned by the workspace uid (chowned if it changed owner)."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.lstat()
+    if st.st_uid != account.uid or st.st_gid != account.gid:
+        from sagews.worker.users import chown_tree
+
+        chown_tree(path, account.uid, account.gid)
+    os.chmod(path, 0o700)
+
+
+def private_tmp(base: Path, account: Account) -> Path:
+    """A fresh per-uid temporary directory (TMPDIR, DOT_SAGE, MPLCONFIGDIR live there)."""
+    path = base / account.name
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    os.chown(path, account.uid, account.gid)
+    return path

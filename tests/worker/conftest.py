@@ -1,0 +1,74 @@
+"""Fixtures: real worker processes (root, TLS, forks, per-workspace users) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from worker_helpers import WorkerProc
+
+from sagews.devpki import DevCA
+from sagews.worker.client import WorkerClient
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Iterator[Path]:
+    """Outside pytest's 0700 tmp tree: workspace uids must traverse to their checkouts, and the worker key
+    must be protected by its own mode (0600), not by an unreadable parent."""
+    path = Path(tempfile.mkdtemp(prefix="sagews-worker-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pki(base_dir: Path) -> DevCA:
+    (base_dir / "pki").mkdir(mode=0o755)
+    return DevCA(base_dir / "pki")
+
+
+@pytest.fixture(scope="session")
+def make_worker(base_dir: Path, pki: DevCA) -> Iterator[Callable[..., WorkerProc]]:
+    started: list[WorkerProc] = []
+    client_pair = pki.issue("backend", server=False)
+
+    def make(**overrides: Any) -> WorkerProc:
+        w = WorkerProc(base_dir / f"worker{len(started)}", pki, client_pair, overrides)
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(make_worker: Callable[..., WorkerProc]) -> WorkerProc:
+    return make_worker()
+
+
+@pytest.fixture
+def client(worker: WorkerProc) -> Iterator[WorkerClient]:
+    with worker.client() as c:
+        yield c
+
+
+@pytest.fixture
+def session(client: WorkerClient) -> Iterator[str]:
+    """A fresh workspace session (Python engine), closed afterwards."""
+    sid = client.request("open", workspace=f"ws{os.getpid()}-{next(_names)}-{int(time.time() * 1000) % 100000}")[
+        "session"
+    ]
+    yield sid
+    client.call("close", session=sid)
+
+

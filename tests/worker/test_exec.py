@@ -1,0 +1,147 @@
+"""Execution: results, streams, errors, rich output, interrupt, kill/restart, engines."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sagews.worker.client import WorkerClient, WorkerError
+
+from worker_helpers import HAVE_SAGE, WorkerProc
+
+
+def test_hello_and_status(client: WorkerClient) -> None:
+    assert client.hello is not None
+    assert client.hello["version"] == 1
+    assert client.hello["peer"] == "backend"
+    st = client.request("status")
+    assert st["version"]
+    assert "python" in st["engines"]
+    assert st["mem_available"] > 0
+    assert len(st["load"]) == 3
+
+
+def test_result_stdout_stderr(client: WorkerClient, session: str) -> None:
+    r = client.execute(session, "import sys\nprint('out')\nprint('err', file=sys.stderr)\nx = 20\nx + 22")
+    assert r["stdout"] == "out\n"
+    assert r["stderr"] == "err\n"
+    assert r["result"]["text/plain"] == "42"
+    assert r["done"]["status"] == "ok"
+    # state persists between cells; a trailing statement gives no result
+    r = client.execute(session, "y = x * 2")
+    assert r["result"] is None
+    assert client.execute(session, "y")["result"]["text/plain"] == "40"
+
+
+def test_exception_traceback(client: WorkerClient, session: str) -> None:
+    r = client.execute(session, "def f():\n    return 1/0\nf()")
+    assert r["done"]["status"] == "error"
+    exc = r["exception"]
+    assert exc["ename"] == "ZeroDivisionError"
+    assert "line 2, in f" in exc["traceback"]
+    assert "engine.py" not in exc["traceback"]
+    r = client.execute(session, "def (:")
+    assert r["exception"]["ename"] == "SyntaxError"
+
+
+def test_streams_arrive_before_done(client: WorkerClient, session: str) -> None:
+    client.send({"type": "exec", "id": "s1", "session": session,
+                 "code": "import time\nprint('first', flush=True)\ntime.sleep(0.6)\nprint('second')"})
+    seen = []
+    while True:
+        msg = client.recv()
+        assert msg is not None
+        seen.append((time.monotonic(), msg))
+        if msg["type"] == "done":
+            break
+    first = next(t for t, m in seen if m["type"] == "stream" and "first" in m["text"])
+    done = seen[-1][0]
+    assert done - first > 0.3, "the first line was not streamed before the cell finished"
+    assert all(m["re"] == "s1" for _, m in seen)
+
+
+def test_rich_html_and_show(client: WorkerClient, session: str) -> None:
+    r = client.execute(session, "html('<b>hi</b>')")
+    assert r["display"][0]["text/html"] == "<b>hi</b>"
+
+    r = client.execute(session, "class T:\n    def _repr_html_(self): return '<i>t</i>'\nT()")
+    assert r["result"]["text/html"] == "<i>t</i>"
+
+
+def test_interrupt_keeps_session(worker: WorkerProc, client: WorkerClient, session: str) -> None:
+    client.execute(session, "keep = 7")
+
+    def interrupt_soon() -> None:
+        with worker.client() as other:
+            time.sleep(0.3)  # let the loop start (an interrupt before it would be a no-op)
+            other.request("interrupt", session=session)
+
+    t = threading.Thread(target=interrupt_soon)
+    t.start()
+    r = client.execute(session, "while True:\n    pass")
+    t.join()
+    assert r["done"]["status"] == "interrupted"
+    assert r["exception"]["ename"] == "KeyboardInterrupt"
+    assert client.execute(session, "keep")["result"]["text/plain"] == "7"
+
+
+def test_kill_and_restart(client: WorkerClient, session: str) -> None:
+    client.execute(session, "z = 1")
+    client.request("kill", session=session)
+    with pytest.raises(WorkerError) as ei:
+        for _ in range(100):  # the engine's death is noticed asynchronously
+            client.execute(session, "1")
+            time.sleep(0.02)
+    assert ei.value.code == "session_dead"
+    client.request("restart", session=session)
+    r = client.execute(session, "'z' in globals(), 2 + 2")
+    assert r["result"]["text/plain"] == "(False, 4)"
+
+
+def test_reopen_returns_same_session(client: WorkerClient) -> None:
+    first = client.request("open", workspace="reopen-ws")
+    again = client.request("open", workspace="reopen-ws")
+    assert again["session"] == first["session"]
+    assert again["existing"] is True
+    client.request("close", session=first["session"])
+    with pytest.raises(WorkerError) as ei:
+        client.request("exec", session=first["session"], code="1")
+    assert ei.value.code == "no_session"
+
+
+def test_sage_missing_or_disabled(make_worker: object) -> None:
+    w: WorkerProc = make_worker(engines=["python"], warm_pool=0)  # type: ignore[operator]
+    with w.client() as c:
+        with pytest.raises(WorkerError) as ei:
+            c.request("open", workspace="nosage", engine="sage")
+        assert ei.value.code == "engine_unavailable"
+        sid = c.request("open", workspace="nosage")["session"]
+        assert c.execute(sid, "1+1")["result"]["text/plain"] == "2"
+        with pytest.raises(WorkerError) as ei:
+            c.execute(sid, "1+1", engine="sage")
+        assert ei.value.code == "engine_unavailable"
+
+
+@pytest.mark.sage
+def test_sage_engine(client: WorkerClient) -> None:
+    if not HAVE_SAGE:
+        pytest.skip("Sage is not installed: pip install -e '.[sage]'")
+    sid = client.request("open", workspace="sage-ws", engine="sage")["session"]
+    try:
+        r = client.execute(sid, "factor(2^64-1)")
+        assert r["result"]["text/plain"] == "3 * 5 * 17 * 257 * 641 * 65537 * 6700417"
+        r = client.execute(sid, "R.<x> = QQ[]\n(x^2 - 1).factor()")
+        assert r["result"]["text/plain"] == "(x - 1) * (x + 1)"
+        r = client.execute(sid, "var('y')\nintegrate(y^2, y)")
+        assert r["result"]["text/plain"] == "1/3*y^3"
+        r = client.execute(sid, "latex(y^2)")
+        assert r["result"]["text/latex"] == "y^{2}"
+        r = client.execute(sid, "show(y^3)")
+        assert r["display"][0]["text/latex"] == "y^{3}"
+        # per-cell engine choice: plain Python semantics in the same session
+        assert client.execute(sid, "2^3", engine="python")["result"]["text/plain"] == "1"
+        assert client.execute(sid, "2^3")["result"]["text/plain"] == "8"
+    finally:
+        client.call("close", session=sid)
