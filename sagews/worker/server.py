@@ -403,13 +403,17 @@ class Session:
         self.proc = None
         self.alive = False
 
-    async def restart(self) -> None:
-        self.kill("restarted")
+    async def stop_engine(self, reason: str) -> None:
+        """Kill the engine and everything of the uid, and wait until that is fully noticed."""
+        self.death = reason
         old = self.reader_task
         self._stop_engine()
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old, 5)
+
+    async def restart(self) -> None:
+        await self.stop_engine("restarted")
         await self.start_engine()
 
     async def execute(self, conn: Connection, req_id: Any, code: str, engine: str) -> dict[str, Any]:
@@ -731,9 +735,11 @@ class Worker:
                 raise ProtocolError("not_found", "no saved bundles for this workspace on this worker")
             bundles = [base64.b64encode(f.read_bytes()).decode() for f in files]
         async with session.lock:
-            session.kill("restoring")
-            res = await session.op("restore", {"bundles": bundles})
-            await session.restart()
+            await session.stop_engine("restoring")
+            try:
+                res = await session.op("restore", {"bundles": bundles})
+            finally:
+                await session.start_engine()
         (bdir / "saved").write_text(res["commit"])
         return res
 

@@ -375,7 +375,7 @@ async def run_as(
         transport.close()
         _reap(pid)
     if not data:
-        raise OpError("internal", f"workspace operation {op} failed")
+        raise OpError("internal", f"workspace operation {op} ended without an answer (killed?)")
     result = json.loads(data)
     if "error" in result:
         raise OpError(result["error"], result["message"])

@@ -1,0 +1,81 @@
+"""Workspace files and git saves: confined file ops, incremental bundles, restore, history."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from sagews.worker.client import WorkerClient, WorkerError
+
+
+def test_file_ops(client: WorkerClient, session: str) -> None:
+    client.request("write", session=session, path="dir/a.txt", text="héllo")
+    client.request("write", session=session, path="bin.dat", b64=base64.b64encode(b"\xff\x00").decode())
+    names = [e["name"] for e in client.request("ls", session=session)["entries"]]
+    assert names == ["bin.dat", "dir"]
+    assert client.request("read", session=session, path="dir/a.txt")["text"] == "héllo"
+    assert base64.b64decode(client.request("read", session=session, path="bin.dat")["b64"]) == b"\xff\x00"
+    client.request("rename", session=session, src="dir/a.txt", dst="b.txt")
+    assert client.request("read", session=session, path="b.txt")["text"] == "héllo"
+    client.request("delete", session=session, path="dir")
+    assert [e["name"] for e in client.request("ls", session=session)["entries"]] == ["b.txt", "bin.dat"]
+    # user code sees the same files (cwd is the checkout)
+    assert client.execute(session, "open('b.txt').read()")["result"]["text/plain"] == "'héllo'"
+    with pytest.raises(WorkerError) as ei:
+        client.request("read", session=session, path="missing")
+    assert ei.value.code == "not_found"
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../x", ".git/config", "", 5, None])
+def test_paths_refused(client: WorkerClient, session: str, path: object) -> None:
+    with pytest.raises(WorkerError) as ei:
+        client.request("write", session=session, path=path, text="x")
+    assert ei.value.code in {"path_refused", "bad_field"}
+
+
+def test_save_bundles_restore_history(client: WorkerClient, session: str) -> None:
+    # a repository with some bulk, so a small change must give a much smaller bundle
+    big = base64.b64encode(os.urandom(512 * 1024)).decode()  # incompressible
+    client.request("write", session=session, path="data.bin", b64=big)
+    client.request("write", session=session, path="notes.txt", text="v1\n")
+    first = client.request("save", session=session, message="first")
+    assert first["base"] is True
+    bundles = [first["bundle"]]
+    unchanged = client.request("save", session=session, message="nothing")
+    assert unchanged["unchanged"] is True
+    sizes = []
+    for i in range(2, 5):
+        client.request("write", session=session, path="notes.txt", text=f"v{i}\n")
+        saved = client.request("save", session=session, message=f"edit {i}")
+        assert saved["base"] is False
+        bundles.append(saved["bundle"])
+        sizes.append(saved["size"])
+    assert max(sizes) < first["size"] / 20, (sizes, first["size"])
+    assert max(sizes) < 2000  # grows with the change, not with the repository
+
+    hist = client.request("history", session=session)["commits"]
+    assert [c["message"] for c in hist] == ["edit 4", "edit 3", "edit 2", "first"]
+    old = client.request("read", session=session, path="notes.txt", commit=hist[-1]["commit"])
+    assert old["text"] == "v1\n"
+
+    # wreck the checkout, then rebuild it from the bundles (base + increments)
+    client.execute(session, "import os\nos.remove('notes.txt')\nopen('junk', 'w').write('junk')")
+    restored = client.request("restore", session=session, bundles=bundles)
+    assert restored["commit"] == hist[0]["commit"]
+    names = [e["name"] for e in client.request("ls", session=session)["entries"]]
+    assert names == [".git", "data.bin", "notes.txt"]
+    assert client.request("read", session=session, path="notes.txt")["text"] == "v4\n"
+    assert len(client.request("history", session=session)["commits"]) == 4
+    # the engine was restarted into the restored checkout
+    assert client.execute(session, "open('notes.txt').read()")["result"]["text/plain"] == "'v4\\n'"
+    # restoring from the worker's own stored bundles works too
+    client.request("write", session=session, path="notes.txt", text="scratch")
+    assert client.request("restore", session=session)["commit"] == hist[0]["commit"]
+
+
+def test_bad_bundle(client: WorkerClient, session: str) -> None:
+    with pytest.raises(WorkerError) as ei:
+        client.request("restore", session=session, bundles=[base64.b64encode(b"not a bundle").decode()])
+    assert ei.value.code == "bad_bundle"

@@ -1,0 +1,152 @@
+"""Hostile user code: each case is contained, the caller gets a clear answer, others are unharmed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from worker_helpers import WorkerProc
+
+from sagews.worker.client import WorkerClient, WorkerError
+
+
+@pytest.fixture
+def bystander(client: WorkerClient) -> str:
+    """Another workspace's session that must keep working through every attack."""
+    sid = client.request("open", workspace="bystander")["session"]
+    client.execute(sid, "secret = 'kept'")
+    client.request("write", session=sid, path="private.txt", text="bystander's data")
+    return sid
+
+
+def assert_unharmed(client: WorkerClient, bystander: str) -> None:
+    assert client.execute(bystander, "secret")["result"]["text/plain"] == "'kept'"
+    assert client.request("status")["version"]
+
+
+def test_print_flood(client: WorkerClient, session: str, bystander: str) -> None:
+    r = client.execute(session, "while True: print(1)")
+    assert r["done"]["status"] == "limit"
+    assert r["done"]["limit"] == "output"
+    assert len(r["stdout"]) <= 200_000
+    assert "output limit" in r["stderr"]
+    assert client.execute(session, "'alive'")["result"]["text/plain"] == "'alive'"
+    assert_unharmed(client, bystander)
+
+
+def test_flood_ignoring_interrupts_is_killed(client: WorkerClient, session: str, bystander: str) -> None:
+    code = "while True:\n    try:\n        print('x' * 1000)\n    except KeyboardInterrupt:\n        pass"
+    r = client.execute(session, code)
+    assert r["done"]["status"] == "limit"
+    assert "did not stop" in r["done"]["message"] or r["done"]["limit"] == "output"
+    client.request("restart", session=session)
+    assert client.execute(session, "1")["result"]["text/plain"] == "1"
+    assert_unharmed(client, bystander)
+
+
+def test_wall_clock(client: WorkerClient, session: str, bystander: str) -> None:
+    r = client.execute(session, "while True:\n    pass")
+    assert r["done"]["status"] == "limit"
+    assert r["done"]["limit"] == "walltime"
+    assert "wall-clock" in r["done"]["message"]
+    assert client.execute(session, "2")["result"]["text/plain"] == "2"  # interrupted, session survives
+    assert_unharmed(client, bystander)
+
+
+def test_fork_bomb(client: WorkerClient, session: str, bystander: str) -> None:
+    code = (
+        "import os\n"
+        "n = 0\n"
+        "try:\n"
+        "    while True:\n"
+        "        if os.fork() == 0:\n"
+        "            import time; time.sleep(30); os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as e:\n"
+        "    print('fork refused after', n, e)\n"
+        "n"
+    )
+    r = client.execute(session, code)
+    assert "fork refused" in r["stdout"]
+    assert int(r["result"]["text/plain"]) < 32
+    client.request("kill", session=session)  # kills every process of the workspace's uid
+    client.request("restart", session=session)
+    assert client.execute(session, "1+1")["result"]["text/plain"] == "2"
+    assert_unharmed(client, bystander)
+
+
+def test_allocate_10_gb(client: WorkerClient, session: str, bystander: str) -> None:
+    r = client.execute(session, "x = bytearray(10 * 1024**3)")
+    assert r["exception"]["ename"] == "MemoryError"
+    assert client.execute(session, "3")["result"]["text/plain"] == "3"
+    assert_unharmed(client, bystander)
+
+
+def test_huge_file(client: WorkerClient, session: str, bystander: str) -> None:
+    code = "f = open('big', 'wb')\nchunk = b'x' * (1 << 20)\nfor i in range(100):\n    f.write(chunk)\n    f.flush()"
+    r = client.execute(session, code)
+    assert r["exception"] is not None
+    assert "File too large" in r["exception"]["evalue"] or r["exception"]["ename"] == "OSError"
+    size = client.request("ls", session=session)["entries"][0]["size"]
+    assert size <= 20 << 20
+    assert_unharmed(client, bystander)
+
+
+def test_kill_parent(client: WorkerClient, session: str, bystander: str) -> None:
+    r = client.execute(session, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert r["exception"]["ename"] == "PermissionError"
+    r = client.execute(session, "import os, signal\nos.kill(1, signal.SIGKILL)")
+    assert r["exception"]["ename"] == "PermissionError"
+    assert_unharmed(client, bystander)
+
+
+def test_engine_suicide_is_reported(client: WorkerClient, session: str, bystander: str) -> None:
+    r = client.execute(session, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert r["done"]["status"] == "died"
+    assert "SIGKILL" in r["done"]["message"]
+    client.request("restart", session=session)
+    assert client.execute(session, "5")["result"]["text/plain"] == "5"
+    assert_unharmed(client, bystander)
+
+
+def test_cannot_read_other_workspace_or_key(
+    worker: WorkerProc, client: WorkerClient, session: str, bystander: str
+) -> None:
+    other = Path(worker.config["workspaces_dir"]) / "bystander" / "private.txt"
+    key = worker.config["key"]
+    for path in (str(other), key, str(Path(worker.config["state_dir"]) / "uids.json")):
+        r = client.execute(session, f"open({path!r}).read()")
+        assert r["exception"]["ename"] == "PermissionError", (path, r)
+    r = client.execute(session, f"import os\nos.listdir({worker.config['workspaces_dir']!r})")
+    assert r["exception"]["ename"] == "PermissionError"
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    r = client.execute(session, "import os\nos.getuid(), os.getgroups()")
+    uid, groups = eval(r["result"]["text/plain"])  # noqa: S307
+    assert uid != 0
+    assert groups == []
+    assert_unharmed(client, bystander)
+
+
+def test_symlink_escapes(worker: WorkerProc, client: WorkerClient, session: str, bystander: str) -> None:
+    other = Path(worker.config["workspaces_dir"]) / "bystander"
+    client.execute(
+        session,
+        f"import os\nos.symlink({str(other)!r}, 'other')\nos.symlink('/etc', 'etc')\n"
+        f"os.symlink({worker.config['key']!r}, 'key')\nos.symlink('/etc/passwd', 'passwd')",
+    )
+    for path in ("other/private.txt", "etc/passwd", "key", "passwd"):
+        with pytest.raises(WorkerError) as ei:
+            client.request("read", session=session, path=path)
+        assert ei.value.code == "path_refused", path
+    for path in ("other/x", "key", "etc/x"):
+        with pytest.raises(WorkerError) as ei:
+            client.request("write", session=session, path=path, text="pwned")
+        assert ei.value.code == "path_refused", path
+    with pytest.raises(WorkerError) as ei:
+        client.request("ls", session=session, path="other")
+    assert ei.value.code == "path_refused"
+    with pytest.raises(WorkerError):
+        client.request("rename", session=session, src="passwd", dst="../passwd")
+    assert not (other / "x").exists()
+    assert_unharmed(client, bystander)
