@@ -208,6 +208,8 @@ class Session:
         self.idle_handle: asyncio.TimerHandle | None = None
         self.over_quota = False
         self.quota_pending = False
+        self.quota_dirty = False
+        self.closed = False
         self.decoders = {
             "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
             "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
@@ -488,26 +490,32 @@ class Session:
             self._arm_idle(max(0.05, self.limits.idle_timeout_seconds - idle))
             return
         log.info("closing idle session %s (%s)", self.id, self.workspace)
-        asyncio.get_running_loop().create_task(self.worker.close_session(self, "idle timeout"))
+        self.worker.forget(self)  # at once, so no request reaches a session that is being closed
+        self.worker.spawn_task(self.worker.close_session(self, "idle timeout"))
 
     def schedule_quota_check(self, now: bool = False) -> None:
-        """Measure the checkout (in a fork, as the workspace uid) soon; at most every 0.5 s per session."""
+        """Measure the checkout (in a fork, as the workspace uid) soon; at most one measurement at a time
+        per session, and one more afterwards if anything changed meanwhile."""
         if self.quota_pending:
+            self.quota_dirty = True
             return
         self.quota_pending = True
-        loop = asyncio.get_running_loop()
-        delay = 0.0 if now else 0.5
-        loop.call_later(delay, lambda: self.worker.spawn_task(self._quota_check()))
+        self.quota_dirty = False
+        delay = 0.0 if now else 0.2
+        asyncio.get_running_loop().call_later(delay, lambda: self.worker.spawn_task(self._quota_check()))
 
     async def _quota_check(self) -> None:
-        if not self.worker.sessions.get(self.id):
-            return
         try:
-            used = (await self.op("du", {}))["bytes"]
-        except OpError:
-            return
+            if self.id not in self.worker.sessions:
+                return
+            try:
+                used = (await self.op("du", {}))["bytes"]
+            except OpError:
+                return
         finally:
             self.quota_pending = False
+            if self.quota_dirty and self.id in self.worker.sessions:
+                self.schedule_quota_check(now=True)
         quota = self.limits.disk_quota_mb << 20
         was = self.over_quota
         self.over_quota = used > quota
@@ -688,10 +696,16 @@ class Worker:
         s.touch()
         return s
 
+    def forget(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        if self.by_workspace.get(session.workspace) is session:
+            del self.by_workspace[session.workspace]
+
     async def close_session(self, session: Session, reason: str) -> None:
-        if self.sessions.pop(session.id, None) is None:
+        if session.closed:
             return
-        self.by_workspace.pop(session.workspace, None)
+        session.closed = True
+        self.forget(session)
         if session.last is not None and reason == "idle timeout":
             session.last.conn.send({"type": "closed", "session": session.id, "reason": reason})
         await session.close()

@@ -1,0 +1,95 @@
+"""Limits over time and the worker's life: disk quota, idle timeout, graceful shutdown (SIGTERM)."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from worker_helpers import WorkerProc, wait_for
+
+from sagews.worker.client import WorkerError
+
+
+def test_disk_quota(make_worker: Callable[..., WorkerProc]) -> None:
+    w = make_worker(warm_pool=1, engines=["python"], limits={"disk_quota_mb": 3, "file_size_mb": 2})
+    with w.client() as c:
+        sid = c.request("open", workspace="quota")["session"]
+        blob = base64.b64encode(b"\x01" * (1536 << 10)).decode()
+        c.request("write", session=sid, path="a", b64=blob)
+        c.request("write", session=sid, path="b", b64=blob)  # 3 MiB: over the 3 MiB quota with metadata
+        r = c.execute(sid, "open('c', 'wb').write(b'x' * (1 << 20))")
+        assert r["done"]["status"] == "ok"
+        notice = wait_for(lambda: next((m for m in c.pending if m["type"] == "quota"), None) or _poll(c), 10,
+                          "a quota notice")
+        assert notice["used"] > notice["quota"]
+        with pytest.raises(WorkerError) as ei:
+            c.request("write", session=sid, path="d", text="more")
+        assert ei.value.code == "quota"
+        with pytest.raises(WorkerError) as ei:
+            c.request("save", session=sid)
+        assert ei.value.code == "quota"
+        # deleting brings the workspace back under quota
+        c.request("delete", session=sid, path="a")
+        c.request("delete", session=sid, path="c")
+        wait_for(lambda: _write_ok(c, sid), 10, "writes to be allowed again")
+
+
+def _poll(c: object) -> None:
+    c.request("status")  # type: ignore[attr-defined]
+
+
+def _write_ok(c: object, sid: str) -> bool:
+    try:
+        c.request("write", session=sid, path="d", text="ok")  # type: ignore[attr-defined]
+    except WorkerError:
+        return False
+    return True
+
+
+def test_idle_timeout(make_worker: Callable[..., WorkerProc]) -> None:
+    w = make_worker(warm_pool=1, engines=["python"], limits={"idle_timeout_seconds": 1.0})
+    with w.client() as c:
+        sid = c.request("open", workspace="idle")["session"]
+        pids = c.execute(sid, "import os\nos.getpid()")["result"]["text/plain"]
+        msg = c.recv()  # the worker tells the last client when it closes an idle session
+        assert msg is not None
+        assert msg["type"] == "closed"
+        assert msg["reason"] == "idle timeout"
+        with pytest.raises(WorkerError) as ei:
+            c.request("exec", session=sid, code="1")
+        assert ei.value.code == "no_session"
+        assert not Path(f"/proc/{int(pids)}").exists() or "Z" in Path(f"/proc/{int(pids)}/stat").read_text()
+
+
+def test_sigterm_finishes_and_checkpoints(make_worker: Callable[..., WorkerProc]) -> None:
+    w = make_worker(warm_pool=1, engines=["python"], shutdown_grace_seconds=5)
+    c = w.client()
+    sid = c.request("open", workspace="graceful")["session"]
+    c.send({"type": "exec", "id": "slow", "session": sid,
+            "code": "import time\ntime.sleep(0.5)\nopen('result.txt', 'w').write('done')\n'finished'"})
+    first = c.recv()  # nothing is printed before the sleep: the first frame is the result
+    w.proc.send_signal(signal.SIGTERM)
+    frames = [first]
+    while frames[-1] is not None and frames[-1]["type"] != "done":
+        frames.append(c.recv())
+    kinds = [f["type"] for f in frames if f]
+    assert "shutdown" in kinds or first is not None
+    done = next(f for f in frames if f and f["type"] == "done")
+    assert done["status"] == "ok"
+    assert w.proc.wait(30) == 0
+    c.close()
+    # the checkpoint: a bundle on the worker and a commit with the file
+    bundles = sorted((Path(w.config["state_dir"]) / "bundles" / "graceful").glob("*.bundle"))
+    assert bundles
+    out = subprocess.run(["git", "bundle", "list-heads", str(bundles[-1])], capture_output=True, check=True)
+    assert out.stdout
+    log = subprocess.run(
+        ["git", "-c", f"safe.directory={w.config['workspaces_dir']}/graceful", "-C",
+         f"{w.config['workspaces_dir']}/graceful", "log", "--format=%s"],
+        capture_output=True, check=True, text=True,
+    ).stdout
+    assert "checkpoint at worker shutdown" in log
