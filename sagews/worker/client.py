@@ -99,7 +99,7 @@ class WorkerClient:
         return reply
 
     def execute(self, session: str, code: str, **fields: Any) -> dict[str, Any]:
-        """Run code; returns {'done': final, 'stdout': str, 'stderr': str, 'result': ..., 'exception': ...}."""
+        """Run code; returns a dict with done (final frame), stdout, stderr, result, exception, display."""
         frames = self.call("exec", session=session, code=code, **fields)
         out: dict[str, Any] = {"stdout": "", "stderr": "", "result": None, "exception": None, "display": []}
         for f in frames:

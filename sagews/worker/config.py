@@ -60,9 +60,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
         raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(sorted(unknown))}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        if name == "limits" and isinstance(value, dict):
-            value = _build(Limits, value)
-        kwargs[name] = value
+        kwargs[name] = _build(Limits, value) if name == "limits" and isinstance(value, dict) else value
     return cls(**kwargs)
 
 

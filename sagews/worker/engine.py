@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import ctypes
 import io
 import os
@@ -44,13 +45,13 @@ def preload(engines: list[str]) -> list[str]:
         else:
             ns: dict[str, Any] = {}
             exec("from sage.all__sagemath_symbolics import *", ns)  # noqa: S102
+            with contextlib.suppress(ImportError):  # plots: passagemath-plot (part of sagews[sage])
+                exec("from sage.all__sagemath_plot import *", ns)  # noqa: S102
             PRELOADED["sage_ns"] = ns
             PRELOADED["preparse"] = preparse
             PRELOADED["sage_all"] = sage_all
-            try:  # Maxima's first call is slow: pay it here, once
+            with contextlib.suppress(Exception):  # Maxima's first call is slow: pay it here, once
                 exec("integrate(x**2, x)", dict(ns, x=ns["var"]("x")))  # noqa: S102
-            except Exception:  # noqa: S110
-                pass
             available.append("sage")
     try:
         import matplotlib
@@ -134,10 +135,8 @@ class Engine:
     def show(self, obj: object, **kwargs: Any) -> None:
         data = self.rich(obj, **kwargs)
         if "text/latex" not in data and "image/png" not in data and "sage_ns" in PRELOADED:
-            try:
+            with contextlib.suppress(Exception):
                 data["text/latex"] = str(PRELOADED["sage_ns"]["latex"](obj))
-            except Exception:  # noqa: S110
-                pass
         self.display(data)
 
     def rich(self, obj: object, **kwargs: Any) -> dict[str, str]:
@@ -192,10 +191,7 @@ class Engine:
     def namespace(self, engine: str) -> dict[str, Any]:
         ns = self.namespaces.get(engine)
         if ns is None:
-            if engine == "sage":
-                ns = dict(PRELOADED["sage_ns"])
-            else:
-                ns = {}
+            ns = dict(PRELOADED["sage_ns"]) if engine == "sage" else {}
             ns.update({"__name__": "__main__", "__builtins__": __builtins__})
             ns["show"] = self.show
             ns["html"] = self.html

@@ -92,7 +92,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.ready = loop.create_future()
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 (a long-lived helper, never awaited)
             [sys.executable, "-m", "sagews.worker.zygote", str(theirs.fileno()), json.dumps(self.wanted)],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
@@ -104,7 +104,8 @@ class Zygote:
         self.available = list(msg["engines"])
 
     def _on_message(self) -> None:
-        assert self.sock is not None
+        if self.sock is None:
+            raise RuntimeError("the zygote is not running")
         while True:
             try:
                 data = self.sock.recv(65536)
@@ -134,7 +135,8 @@ class Zygote:
                     fut.set_result(msg["status"])
 
     async def spawn(self) -> EngineProc:
-        assert self.sock is not None
+        if self.sock is None:
+            raise RuntimeError("the zygote is not running")
         loop = asyncio.get_running_loop()
         ctrl, child_ctrl = socket.socketpair()
         out_r, out_w = os.pipe()
@@ -189,7 +191,7 @@ class Execution:
 
 class Session:
     def __init__(
-        self, worker: Worker, workspace: str, account: Account, root: Path, tmp: Path, engine: str
+        self, worker: Worker, workspace: str, account: Account, root: Path, tmp: Path, *, engine: str
     ) -> None:
         self.worker = worker
         self.id = uuid.uuid4().hex
@@ -586,7 +588,9 @@ class Worker:
         (self.state / "bundles").mkdir(mode=0o700, exist_ok=True)
         for parent in [self.workspaces.resolve(), *self.workspaces.resolve().parents]:
             if not parent.stat().st_mode & 0o001:
-                raise RuntimeError(f"{parent} is not traversable (o+x) for workspace users: {self.workspaces}")
+                raise RuntimeError(
+                    f"{parent} is not traversable (o+x) for workspace users: {self.workspaces}"
+                )
         key = Path(self.config.key)
         st = key.stat()
         if st.st_mode & 0o077 or st.st_uid != 0:
@@ -654,7 +658,8 @@ class Worker:
         fut: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
         self.opening[workspace] = fut
         try:
-            assert self.users is not None
+            if self.users is None:
+                raise RuntimeError("the worker is not started")
             root = self.workspaces / workspace
             busy = set(self.by_workspace)
             try:
@@ -663,7 +668,7 @@ class Worker:
                 raise ProtocolError("no_capacity", str(exc)) from None
             prepare_dir(root, account)
             tmp = private_tmp(self.tmp, account)
-            session = Session(self, workspace, account, root, tmp, str(engine))
+            session = Session(self, workspace, account, root, tmp, engine=str(engine))
             await session.start_engine()
             self.sessions[session.id] = session
             self.by_workspace[workspace] = session
@@ -793,9 +798,9 @@ class Worker:
             self.server.close()
         for conn in list(self.connections):
             conn.send({"type": "shutdown", "grace": self.config.shutdown_grace_seconds})
-        deadline = time.monotonic() + self.config.shutdown_grace_seconds
-        while any(s.current for s in self.sessions.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        running = [s.current.done for s in self.sessions.values() if s.current is not None]
+        if running:
+            await asyncio.wait(running, timeout=self.config.shutdown_grace_seconds)
         for s in list(self.sessions.values()):
             if s.current is not None:
                 s.kill("worker shutting down")

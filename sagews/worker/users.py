@@ -8,6 +8,7 @@ an open session gives its uid back (its checkout is chowned to root first).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -73,11 +74,8 @@ def kill_uid(uid: int, timeout: float = 5.0) -> int:
             return rounds
         rounds += 1
         for pid in pids:
-            try:
-                # SIGSTOP first would keep a fork bomb from racing us; SIGKILL on all is enough with NPROC
+            with contextlib.suppress(ProcessLookupError):  # RLIMIT_NPROC bounds a fork bomb's racing
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.005)  # let the kernel reap before rescanning (bounded by ``timeout``)
 
 

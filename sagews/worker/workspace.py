@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -191,10 +192,8 @@ def disk_usage(root: str) -> int:
     total = 0
     for dirpath, dirs, files in os.walk(root, followlinks=False):
         for name in dirs + files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                pass
     return total
 
 
@@ -308,7 +307,7 @@ def dispatch(op: str, root: str, args: dict[str, Any], tmp: str, max_bytes: int)
     raise OpError("unknown_type", op)
 
 
-def _child(
+def _child(  # noqa: PLR0917
     wfd: int, account: Account, root: str, tmp: str, op: str, args: dict[str, Any], fsize: int, max_bytes: int
 ) -> None:
     try:
@@ -352,7 +351,7 @@ async def run_as(
     *,
     fsize: int,
     max_bytes: int,
-    timeout: float = 120,
+    limit_seconds: float = 120,
 ) -> dict[str, Any]:
     """Run workspace operation ``op`` as ``account`` in ``root``; returns its result or raises OpError."""
     rfd, wfd = os.pipe()
@@ -367,7 +366,7 @@ async def run_as(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb")
     )
     try:
-        data = await asyncio.wait_for(reader.read(), timeout)
+        data = await asyncio.wait_for(reader.read(), limit_seconds)
     except TimeoutError:
         os.kill(pid, signal.SIGKILL)
         data = b""
@@ -384,10 +383,8 @@ async def run_as(
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def prepare_dir(path: Path, account: Account) -> None:

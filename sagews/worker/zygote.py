@@ -8,6 +8,7 @@ children share the imported engine pages copy-on-write), so a warm session start
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -65,10 +66,8 @@ def main(argv: list[str]) -> int:
     while True:
         for key, _ in sel.select():
             if key.data == "signal":
-                try:
+                with contextlib.suppress(BlockingIOError):
                     os.read(rfd, 4096)
-                except BlockingIOError:
-                    pass
                 while children:
                     try:
                         pid, status = os.waitpid(-1, os.WNOHANG)
@@ -85,10 +84,8 @@ def main(argv: list[str]) -> int:
                 data, fds = b"", []
             if not data:
                 for pid in children:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 return 0
             msg = json.loads(data)
             if msg.get("op") == "spawn" and len(fds) == 3:

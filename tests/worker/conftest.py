@@ -42,6 +42,8 @@ def make_worker(base_dir: Path, pki: DevCA) -> Iterator[Callable[..., WorkerProc
     client_pair = pki.issue("backend", server=False)
 
     def make(**overrides: Any) -> WorkerProc:
+        # workers on one host must not share workspace users (each kills leftovers of the uids it hands out)
+        overrides.setdefault("user_prefix", f"sagews_t{len(started)}_")
         w = WorkerProc(base_dir / f"worker{len(started)}", pki, client_pair, overrides)
         started.append(w)
         return w
@@ -65,10 +67,8 @@ def client(worker: WorkerProc) -> Iterator[WorkerClient]:
 @pytest.fixture
 def session(client: WorkerClient) -> Iterator[str]:
     """A fresh workspace session (Python engine), closed afterwards."""
-    sid = client.request("open", workspace=f"ws{os.getpid()}-{next(_names)}-{int(time.time() * 1000) % 100000}")[
-        "session"
-    ]
+    sid = client.request(
+        "open", workspace=f"ws{os.getpid()}-{next(_names)}-{int(time.time() * 1000) % 100000}"
+    )["session"]
     yield sid
     client.call("close", session=sid)
-
-

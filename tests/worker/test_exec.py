@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import threading
 import time
 
 import pytest
+from worker_helpers import HAVE_SAGE, WorkerProc
 
 from sagews.worker.client import WorkerClient, WorkerError
 
-from worker_helpers import HAVE_SAGE, WorkerProc
+PNG = b"\x89PNG"
 
 
 def test_hello_and_status(client: WorkerClient) -> None:
@@ -47,8 +50,14 @@ def test_exception_traceback(client: WorkerClient, session: str) -> None:
 
 
 def test_streams_arrive_before_done(client: WorkerClient, session: str) -> None:
-    client.send({"type": "exec", "id": "s1", "session": session,
-                 "code": "import time\nprint('first', flush=True)\ntime.sleep(0.6)\nprint('second')"})
+    client.send(
+        {
+            "type": "exec",
+            "id": "s1",
+            "session": session,
+            "code": "import time\nprint('first', flush=True)\ntime.sleep(0.6)\nprint('second')",
+        }
+    )
     seen = []
     while True:
         msg = client.recv()
@@ -68,6 +77,14 @@ def test_rich_html_and_show(client: WorkerClient, session: str) -> None:
 
     r = client.execute(session, "class T:\n    def _repr_html_(self): return '<i>t</i>'\nT()")
     assert r["result"]["text/html"] == "<i>t</i>"
+
+
+def test_matplotlib_png(client: WorkerClient, session: str) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed (it comes with sagews[sage])")
+    r = client.execute(session, "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nNone")
+    assert r["done"]["status"] == "ok", r
+    assert base64.b64decode(r["display"][0]["image/png"]).startswith(PNG)
 
 
 def test_interrupt_keeps_session(worker: WorkerProc, client: WorkerClient, session: str) -> None:
@@ -143,5 +160,10 @@ def test_sage_engine(client: WorkerClient) -> None:
         # per-cell engine choice: plain Python semantics in the same session
         assert client.execute(sid, "2^3", engine="python")["result"]["text/plain"] == "1"
         assert client.execute(sid, "2^3")["result"]["text/plain"] == "8"
+        if "plot" in client.execute(sid, "'plot' in globals() and 'plot'")["result"]["text/plain"]:
+            r = client.execute(sid, "plot(sin(y), (y, 0, 3))")
+            assert base64.b64decode(r["result"]["image/png"]).startswith(PNG)
+            r = client.execute(sid, "show(plot(y^2, (y, -1, 1)))")
+            assert base64.b64decode(r["display"][0]["image/png"]).startswith(PNG)
     finally:
         client.call("close", session=sid)

@@ -84,7 +84,7 @@ def test_allocate_10_gb(client: WorkerClient, session: str, bystander: str) -> N
 
 
 def test_huge_file(client: WorkerClient, session: str, bystander: str) -> None:
-    code = "f = open('big', 'wb')\nchunk = b'x' * (1 << 20)\nfor i in range(100):\n    f.write(chunk)\n    f.flush()"
+    code = "f = open('big', 'wb')\nchunk = b'x' * (1 << 20)\nfor i in range(100):\n    f.write(chunk)\n    f.flush()"  # noqa: E501
     r = client.execute(session, code)
     assert r["exception"] is not None
     assert "File too large" in r["exception"]["evalue"] or r["exception"]["ename"] == "OSError"

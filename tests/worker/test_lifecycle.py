@@ -23,8 +23,11 @@ def test_disk_quota(make_worker: Callable[..., WorkerProc]) -> None:
         c.request("write", session=sid, path="b", b64=blob)  # 3 MiB: over the 3 MiB quota with metadata
         r = c.execute(sid, "open('c', 'wb').write(b'x' * (1 << 20))")
         assert r["done"]["status"] == "ok"
-        notice = wait_for(lambda: next((m for m in c.pending if m["type"] == "quota"), None) or _poll(c), 10,
-                          "a quota notice")
+        notice = wait_for(
+            lambda: next((m for m in c.pending if m["type"] == "quota"), None) or _poll(c),
+            10,
+            "a quota notice",
+        )
         assert notice["used"] > notice["quota"]
         with pytest.raises(WorkerError) as ei:
             c.request("write", session=sid, path="d", text="more")
@@ -69,8 +72,14 @@ def test_sigterm_finishes_and_checkpoints(make_worker: Callable[..., WorkerProc]
     w = make_worker(warm_pool=1, engines=["python"], shutdown_grace_seconds=5)
     c = w.client()
     sid = c.request("open", workspace="graceful")["session"]
-    c.send({"type": "exec", "id": "slow", "session": sid,
-            "code": "import time\ntime.sleep(0.5)\nopen('result.txt', 'w').write('done')\n'finished'"})
+    c.send(
+        {
+            "type": "exec",
+            "id": "slow",
+            "session": sid,
+            "code": "import time\ntime.sleep(0.5)\nopen('result.txt', 'w').write('done')\n'finished'",
+        }
+    )
     first = c.recv()  # nothing is printed before the sleep: the first frame is the result
     w.proc.send_signal(signal.SIGTERM)
     frames = [first]
@@ -88,8 +97,17 @@ def test_sigterm_finishes_and_checkpoints(make_worker: Callable[..., WorkerProc]
     out = subprocess.run(["git", "bundle", "list-heads", str(bundles[-1])], capture_output=True, check=True)
     assert out.stdout
     log = subprocess.run(
-        ["git", "-c", f"safe.directory={w.config['workspaces_dir']}/graceful", "-C",
-         f"{w.config['workspaces_dir']}/graceful", "log", "--format=%s"],
-        capture_output=True, check=True, text=True,
+        [
+            "git",
+            "-c",
+            f"safe.directory={w.config['workspaces_dir']}/graceful",
+            "-C",
+            f"{w.config['workspaces_dir']}/graceful",
+            "log",
+            "--format=%s",
+        ],
+        capture_output=True,
+        check=True,
+        text=True,
     ).stdout
     assert "checkpoint at worker shutdown" in log

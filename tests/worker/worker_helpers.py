@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,10 @@ from typing import Any
 from sagews.devpki import DevCA
 from sagews.worker.client import WorkerClient
 
-HAVE_SAGE = importlib.util.find_spec("sage") is not None and importlib.util.find_spec("sage.all__sagemath_symbolics") is not None
+HAVE_SAGE = (
+    importlib.util.find_spec("sage") is not None
+    and importlib.util.find_spec("sage.all__sagemath_symbolics") is not None
+)
 
 
 class WorkerProc:
@@ -66,8 +68,12 @@ class WorkerProc:
 
     def client(self, **kw: Any) -> WorkerClient:
         return WorkerClient(
-            "127.0.0.1", self.port, cert=str(self.client_pair.cert), key=str(self.client_pair.key),
-            ca=str(self.pki.ca_cert_path), **kw,
+            "127.0.0.1",
+            self.port,
+            cert=str(self.client_pair.cert),
+            key=str(self.client_pair.key),
+            ca=str(self.pki.ca_cert_path),
+            **kw,
         )
 
     def stop(self) -> None:
