@@ -23,7 +23,12 @@ def serve_main(argv: list[str] | None = None) -> int:
         config.port = args.port
     from sagews.worker.server import serve
 
-    asyncio.run(serve(config))
+    try:
+        import uvloop
+    except ImportError:  # optional: about 25 % less latency per hop
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
     return 0
 
 

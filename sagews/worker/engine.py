@@ -124,6 +124,7 @@ class Engine:
         self.engines = engines
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.current: Any = None
+        self.pending = b""
 
     # rich output -----------------------------------------------------------------------------
     def display(self, data: dict[str, str]) -> None:
@@ -219,7 +220,9 @@ class Engine:
             sys.stderr.flush()
         except Exception:  # noqa: S110
             pass
-        self.chan.send({"type": "done", "id": self.current, "status": status})
+        done = encode({"type": "done", "id": self.current, "status": status})
+        self.chan.sock.sendall(self.pending + done)  # one write: result and done together
+        self.pending = b""
 
     def exception(self, etype: Any, value: Any, tb: Any) -> None:
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -253,7 +256,7 @@ class Engine:
                 value = eval(compile(last, "<cell>", "eval"), ns)  # noqa: S307
                 if value is not None:
                     ns["_"] = value
-                    self.chan.send({"type": "result", "id": self.current, "data": self.rich(value)})
+                    self.pending = encode({"type": "result", "id": self.current, "data": self.rich(value)})
             self.flush_figures()
         except KeyboardInterrupt:
             raise

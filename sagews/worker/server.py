@@ -503,7 +503,7 @@ class Session:
             return
         self.quota_pending = True
         self.quota_dirty = False
-        delay = 0.0 if now else 0.2
+        delay = 0.0 if now else 1.0
         asyncio.get_running_loop().call_later(delay, lambda: self.worker.spawn_task(self._quota_check()))
 
     async def _quota_check(self) -> None:
