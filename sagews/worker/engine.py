@@ -204,16 +204,21 @@ class Engine:
         self.current = msg.get("id")
         engine = msg.get("engine", "python")
         status = "ok"
+        # SIGINT stays blocked outside user code (so the handler, Python's or cysignals' for Sage, which
+        # also interrupts C code such as PARI, is never replaced); a stale one is consumed first.
+        if signal.SIGINT in signal.sigpending():
+            signal.sigwait({signal.SIGINT})
         try:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
                 status = self._run(str(msg.get("code", "")), engine)
             except KeyboardInterrupt:
                 status = "interrupted"
                 self.exception(*sys.exc_info())
             finally:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-        except KeyboardInterrupt:  # arrived between the two handlers
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            status = str(status)  # a handler that tripped just before blocking raises here at the latest
+        except KeyboardInterrupt:
             status = "interrupted"
         try:
             sys.stdout.flush()
@@ -270,7 +275,7 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
     """Entry in the forked child; never returns."""
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited from the zygote already
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         chan = Channel(socket.socket(fileno=ctrl_fd))

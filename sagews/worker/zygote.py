@@ -38,7 +38,7 @@ def _spawn(fds: list[int], engines: list[str]) -> int:
         os.dup2(err, 2)
         os.dup2(ctrl, 3)
         os.closerange(4, 65536)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGCHLD, signal.SIGTERM):  # SIGINT keeps its (cysignals) handler, blocked
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         engine_mod.child_main(3, engines)
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     os.set_blocking(rfd, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the server decides when we go
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # children inherit the mask, not a new handler
     signal.set_wakeup_fd(wfd)
     children: set[int] = set()
     _send(sock, {"op": "ready", "engines": available, "pid": os.getpid()})

@@ -160,6 +160,15 @@ def test_sage_engine(client: WorkerClient) -> None:
         # per-cell engine choice: plain Python semantics in the same session
         assert client.execute(sid, "2^3", engine="python")["result"]["text/plain"] == "1"
         assert client.execute(sid, "2^3")["result"]["text/plain"] == "8"
+        # interrupting C code (PARI) works through cysignals, and the session survives
+        client.send({"type": "exec", "id": "long", "session": sid, "code": "factor(2^997 - 1)"})
+        time.sleep(0.5)  # let PARI start; an interrupt before that would just end the cell sooner
+        client.send({"type": "interrupt", "id": "int", "session": sid})
+        frames = []
+        while not frames or frames[-1].get("re") != "long" or frames[-1]["type"] != "done":
+            frames.append(client.recv())
+        assert frames[-1]["status"] == "interrupted", frames
+        assert client.execute(sid, "2^4")["result"]["text/plain"] == "16"
         if "plot" in client.execute(sid, "'plot' in globals() and 'plot'")["result"]["text/plain"]:
             r = client.execute(sid, "plot(sin(y), (y, 0, 3))")
             assert base64.b64decode(r["result"]["image/png"]).startswith(PNG)

@@ -107,6 +107,10 @@ def test_engine_suicide_is_reported(client: WorkerClient, session: str, bystande
     assert "SIGKILL" in r["done"]["message"]
     client.request("restart", session=session)
     assert client.execute(session, "5")["result"]["text/plain"] == "5"
+    # kill(-1): every process the workspace user may signal (but itself), i.e. only its own others
+    r = client.execute(session, "import os, signal\nos.kill(-1, signal.SIGKILL)")
+    assert r["done"]["status"] == "ok"
+    assert client.execute(session, "6")["result"]["text/plain"] == "6"
     assert_unharmed(client, bystander)
 
 
