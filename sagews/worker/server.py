@@ -187,6 +187,7 @@ class Execution:
     flooded: bool = False
     limit: str | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    held: dict[str, Any] | None = None
 
 
 class Session:
@@ -362,7 +363,11 @@ class Session:
                         self._flood(ex)
                         continue
                     out = {k: v for k, v in msg.items() if k in {"data", "ename", "evalue", "traceback"}}
-                    ex.conn.send({"type": kind, "re": ex.req_id, "session": self.id, **out})
+                    frame = {"type": kind, "re": ex.req_id, "session": self.id, **out}
+                    if kind == "result":
+                        ex.held = frame  # goes out with `done`, in one write
+                    else:
+                        ex.conn.send(frame)
         except (FrameError, asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         # the engine is gone (or talked garbage): make sure every process of the uid is gone too
@@ -460,6 +465,8 @@ class Session:
                 reply["message"] = reply.get("message") or result.get("message")
                 reply["engine"] = result.get("message")
             self.schedule_quota_check()
+            if ex.held is not None:
+                reply["_before"] = ex.held
             return reply
 
     def _walltime(self, ex: Execution) -> None:
@@ -839,7 +846,7 @@ class Connection:
         sslobj = writer.get_extra_info("ssl_object")
         self.peer = peer_common_name(sslobj) if sslobj is not None else None
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: dict[str, Any], before: dict[str, Any] | None = None) -> None:
         if self.closed:
             return
         transport = self.writer.transport
@@ -850,7 +857,7 @@ class Connection:
             log.warning("client %s does not read its replies: closing", self.peer)
             self.close()
             return
-        self.writer.write(encode(msg))
+        self.writer.write(encode(msg) if before is None else encode(before) + encode(msg))
 
     def close(self) -> None:
         self.closed = True
@@ -917,7 +924,8 @@ class Connection:
             reply = await handler(req_id, msg)
             if reply is not None:
                 reply.setdefault("re", req_id)
-                self.send(reply)
+                before = reply.pop("_before", None)
+                self.send(reply, before=before)
         except ProtocolError as exc:
             self.error(req_id, exc.code, exc.message)
         except OpError as exc:
