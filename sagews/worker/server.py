@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sagews import __version__
-from sagews.framing import FrameError, encode, read_frame
+from sagews.framing import HEADER, FrameError, decode_body, encode, read_frame
 from sagews.tls import peer_common_name, server_context
 from sagews.worker.config import WorkerConfig
 from sagews.worker.users import WORKSPACE_ID, Account, UserPool, kill_uid
@@ -42,6 +42,7 @@ log = logging.getLogger("sagews.worker")
 
 PROTOCOL_VERSIONS = (1,)
 CHUNK = 65536
+FRAME_BODY_TIMEOUT = 60.0  # a started frame must be complete within this (slow or stuck peers)
 ENGINE_FRAME_MAX = 64 * 1024 * 1024
 FILE_OPS = {"ls", "read", "write", "rename", "delete", "history"}
 
@@ -77,7 +78,8 @@ class EngineProc:
 
 
 class Zygote:
-    def __init__(self, engines: list[str]) -> None:
+    def __init__(self, engines: list[str], on_death: Any = None) -> None:
+        self.on_death = on_death
         self.wanted = engines
         self.available: list[str] = []
         self.sock: socket.socket | None = None
@@ -86,6 +88,7 @@ class Zygote:
         self.spawning: dict[int, asyncio.Future[int]] = {}
         self.exits: dict[int, asyncio.Future[int]] = {}
         self.ready: asyncio.Future[dict[str, Any]] | None = None
+        self.started = asyncio.Event()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,6 +105,7 @@ class Zygote:
         loop.add_reader(ours.fileno(), self._on_message)
         msg = await asyncio.wait_for(self.ready, 120)
         self.available = list(msg["engines"])
+        self.started.set()
 
     def _on_message(self) -> None:
         if self.sock is None:
@@ -120,6 +124,8 @@ class Zygote:
                         fut.set_result(-1)
                 if self.ready and not self.ready.done():
                     self.ready.set_exception(RuntimeError("zygote died during start"))
+                elif self.on_death is not None:
+                    self.on_death()
                 return
             msg = json.loads(data)
             op = msg.get("op")
@@ -570,7 +576,7 @@ class Session:
 class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.zygote = Zygote(config.engines)
+        self.zygote = Zygote(config.engines, on_death=self._zygote_died)
         self.pool: list[EngineProc] = []
         self.refilling = False
         self.sessions: dict[str, Session] = {}
@@ -621,6 +627,29 @@ class Worker:
         port: int = self.server.sockets[0].getsockname()[1]
         return port
 
+    def _zygote_died(self) -> None:
+        """The zygote is gone (its engines die with it: parent-death signal). Start a new one."""
+        if self.stopping:
+            return
+        log.error("the zygote died: restarting it; open sessions must be restarted")
+        for proc in self.pool:
+            with contextlib.suppress(OSError):
+                os.close(proc.out_fd)
+                os.close(proc.err_fd)
+            proc.writer.close()
+        self.pool.clear()
+        old = self.zygote
+        if old.proc is not None:
+            old.proc.wait()  # reap it (it is dead)
+            old.proc = None
+        old.stop()
+        self.zygote = Zygote(self.config.engines, on_death=self._zygote_died)
+        self.spawn_task(self._start_zygote())
+
+    async def _start_zygote(self) -> None:
+        await self.zygote.start()
+        self.refill()
+
     def spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
@@ -646,6 +675,8 @@ class Worker:
             self.refilling = False
 
     async def take_engine(self) -> EngineProc:
+        if not self.pool:
+            await asyncio.wait_for(self.zygote.started.wait(), 120)  # a restarting zygote
         proc = self.pool.pop(0) if self.pool else await self.zygote.spawn()
         self.refill()
         return proc
@@ -872,10 +903,10 @@ class Connection:
         try:
             while not self.closed:
                 try:
-                    msg = await read_frame(self.reader, max_frame)
+                    msg = await self.read_request(max_frame)
                 except FrameError as exc:
                     self.error(None, exc.code, exc.message)
-                    if exc.code == "too_large":
+                    if exc.code in {"too_large", "timeout"}:
                         break  # the body was not read: the stream cannot be resynchronised
                     continue
                 if msg is None:
@@ -888,6 +919,23 @@ class Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.drain(), 1)
             self.close()
+
+    async def read_request(self, max_frame: int) -> dict[str, Any] | None:
+        """sagews.framing.read_frame, plus: a started frame must be complete within FRAME_BODY_TIMEOUT."""
+        try:
+            header = await self.reader.readexactly(HEADER.size)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                return None
+            raise
+        (length,) = HEADER.unpack(header)
+        if length > max_frame:
+            raise FrameError("too_large", f"frame of {length} bytes exceeds the limit of {max_frame}")
+        try:
+            body = await asyncio.wait_for(self.reader.readexactly(length), FRAME_BODY_TIMEOUT)
+        except TimeoutError:
+            raise FrameError("timeout", f"frame body not received within {FRAME_BODY_TIMEOUT} s") from None
+        return decode_body(body)
 
     def dispatch(self, msg: dict[str, Any]) -> None:
         req_id = msg.get("id")

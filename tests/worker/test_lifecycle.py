@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import subprocess
 from collections.abc import Callable
@@ -111,3 +112,30 @@ def test_sigterm_finishes_and_checkpoints(make_worker: Callable[..., WorkerProc]
         text=True,
     ).stdout
     assert "checkpoint at worker shutdown" in log
+
+
+def test_zygote_death_is_survived(make_worker: Callable[..., WorkerProc]) -> None:
+    w = make_worker(warm_pool=1, engines=["python"])
+    with w.client() as c:
+        sid = c.request("open", workspace="zyg")["session"]
+        assert c.execute(sid, "1")["result"]["text/plain"] == "1"
+        children = Path(f"/proc/{w.proc.pid}/task/{w.proc.pid}/children").read_text().split()
+        zygote = next(
+            int(p) for p in children if b"sagews.worker.zygote" in Path(f"/proc/{p}/cmdline").read_bytes()
+        )
+        os.kill(zygote, signal.SIGKILL)
+        # the session's engine dies with its parent; the worker notices, starts a new zygote
+        wait_for(lambda: _dead(c, sid), 20, "the session to be reported dead")
+        c.request("restart", session=sid)
+        assert c.execute(sid, "2")["result"]["text/plain"] == "2"
+        other = c.request("open", workspace="zyg2")["session"]
+        assert c.execute(other, "3")["result"]["text/plain"] == "3"
+    assert w.proc.poll() is None
+
+
+def _dead(c: object, sid: str) -> bool:
+    try:
+        r = c.execute(sid, "1")  # type: ignore[attr-defined]
+    except WorkerError as exc:
+        return exc.code == "session_dead"
+    return r["done"]["status"] == "died"
