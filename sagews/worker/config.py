@@ -44,7 +44,8 @@ class WorkerConfig:
     engines: list[str] = field(default_factory=lambda: ["python", "sage"])
     default_engine: str = "python"
     warm_pool: int = 2  # engine processes kept forked and waiting (pre-imported) for new sessions
-    cgroup: bool = False  # run sessions in a systemd-run scope (needs systemd as PID 1); see docs
+    cgroup: bool = False  # per-workspace cgroup v2 (memory.max, pids.max); needs a delegated cgroup_root
+    cgroup_root: str = "/sys/fs/cgroup/sagews-workspaces"
     cgroup_memory_mb: int = 1024
     shutdown_grace_seconds: float = 10.0
     limits: Limits = field(default_factory=Limits)

@@ -34,6 +34,7 @@ from typing import Any
 from sagews import __version__
 from sagews.framing import HEADER, FrameError, decode_body, encode, read_frame
 from sagews.tls import peer_common_name, server_context
+from sagews.worker.cgroup import Cgroups
 from sagews.worker.config import WorkerConfig
 from sagews.worker.users import WORKSPACE_ID, Account, UserPool, kill_uid
 from sagews.worker.workspace import OpError, prepare_dir, private_tmp, run_as
@@ -250,6 +251,8 @@ class Session:
     async def start_engine(self) -> None:
         proc = await self.worker.take_engine()
         self.proc = proc
+        if self.worker.cgroups is not None:
+            self.worker.cgroups.attach(self.workspace, proc.pid)
         loop = asyncio.get_running_loop()
         loop.add_reader(proc.out_fd, self._on_output, proc.out_fd, "stdout")
         loop.add_reader(proc.err_fd, self._on_output, proc.err_fd, "stderr")
@@ -384,6 +387,9 @@ class Session:
             with contextlib.suppress(TimeoutError):
                 status = await asyncio.wait_for(asyncio.shield(proc.exited), 2)
             self.death = self.death or describe_status(status)
+            cg = self.worker.cgroups
+            if cg is not None and cg.memory_events(self.workspace).get("oom_kill"):
+                self.death += " (out of memory: cgroup memory.max reached)"
             ex = self.current
             if ex is not None and not ex.done.done():
                 self._drain()
@@ -396,6 +402,8 @@ class Session:
 
     def kill(self, reason: str) -> None:
         self.death = reason
+        if self.worker.cgroups is not None:
+            self.worker.cgroups.kill(self.workspace)
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGKILL)
@@ -570,6 +578,8 @@ class Session:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.worker.cgroups is not None:
+            self.worker.cgroups.remove(self.workspace)
 
 
 # ------------------------------------------------------------------------------------------- worker
@@ -591,6 +601,9 @@ class Worker:
         self.tmp = Path(config.tmp_dir)
         self.users: UserPool | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.cgroups: Cgroups | None = None
+        if config.cgroup:
+            self.cgroups = Cgroups(config.cgroup_root, config.cgroup_memory_mb, config.limits.processes)
 
     # setup ---------------------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -609,6 +622,8 @@ class Worker:
         if st.st_mode & 0o077 or st.st_uid != 0:
             os.chown(key, 0, 0)
             os.chmod(key, 0o600)
+        if self.cgroups is not None:
+            self.cgroups.setup()
         self.users = UserPool(self.state, self.config.user_prefix, self.config.user_pool_size)
 
     async def start(self) -> int:

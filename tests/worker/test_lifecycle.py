@@ -139,3 +139,28 @@ def _dead(c: object, sid: str) -> bool:
     except WorkerError as exc:
         return exc.code == "session_dead"
     return r["done"]["status"] == "died"
+
+
+def test_cgroup_switch_with_stand_in_tree(make_worker: Callable[..., WorkerProc], base_dir: Path) -> None:
+    """The cgroup v2 path's logic against a plain directory standing in for a delegated cgroup
+    (this machine has cgroup v1); the kernel side is only exercised on cgroup v2 hosts."""
+    root = base_dir / "fake-cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    w = make_worker(warm_pool=1, engines=["python"], cgroup=True, cgroup_root=str(root), cgroup_memory_mb=300)
+    assert "+memory +pids" in (root / "cgroup.subtree_control").read_text()
+    with w.client() as c:
+        sid = c.request("open", workspace="cg")["session"]
+        pid = int(c.execute(sid, "import os\nos.getpid()")["result"]["text/plain"])
+        d = root / "ws-cg"
+        assert int((d / "cgroup.procs").read_text()) == pid
+        assert int((d / "memory.max").read_text()) == 300 << 20
+        assert (d / "pids.max").read_text() == "32"
+        c.request("close", session=sid)
+
+
+def test_cgroup_switch_refuses_a_non_cgroup_dir(
+    make_worker: Callable[..., WorkerProc], base_dir: Path
+) -> None:
+    with pytest.raises(RuntimeError, match="not a cgroup v2 directory"):
+        make_worker(warm_pool=0, engines=["python"], cgroup=True, cgroup_root=str(base_dir))

@@ -62,8 +62,13 @@ class WorkerProc:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)
         if "listening on" not in line:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
             self.log.seek(0)
-            raise RuntimeError(f"worker did not start: {line!r} {self.log.read().decode()[-3000:]}")
+            text = self.log.read().decode()[-3000:]
+            self.log.close()
+            raise RuntimeError(f"worker did not start: {line!r} {text}")
         self.port = int(line.split()[3].rsplit(":", 1)[1])
 
     def client(self, **kw: Any) -> WorkerClient:
