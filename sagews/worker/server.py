@@ -45,6 +45,7 @@ PROTOCOL_VERSIONS = (1,)
 CHUNK = 65536
 FRAME_BODY_TIMEOUT = 60.0  # a started frame must be complete within this (slow or stuck peers)
 ENGINE_FRAME_MAX = 64 * 1024 * 1024
+MAX_QUEUED = 100  # executions waiting for a busy session
 FILE_OPS = {"ls", "read", "write", "rename", "delete", "history"}
 
 
@@ -226,6 +227,7 @@ class Session:
         }
         self.reader_task: asyncio.Task[None] | None = None
         self.executions = 0
+        self.waiting = 0
 
     @property
     def limits(self) -> Any:
@@ -268,7 +270,10 @@ class Session:
                 }
             )
         )
-        msg = await asyncio.wait_for(read_frame(proc.reader, ENGINE_FRAME_MAX), 30)
+        try:
+            msg = await asyncio.wait_for(read_frame(proc.reader, ENGINE_FRAME_MAX), 30)
+        except (TimeoutError, FrameError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            msg = {"message": f"{type(exc).__name__} {exc}"}
         if not msg or msg.get("type") != "ready":
             self._stop_engine()
             raise ProtocolError("engine_failed", f"engine did not start: {msg and msg.get('message')}")
@@ -410,6 +415,9 @@ class Session:
         kill_uid(self.account.uid)
 
     def _stop_engine(self) -> None:
+        ex = self.current
+        if ex is not None and not ex.done.done():
+            ex.done.set_result({"type": "done", "status": "died", "message": self.death or "engine stopped"})
         proc = self.proc
         if proc is None:
             return
@@ -440,48 +448,60 @@ class Session:
         await self.start_engine()
 
     async def execute(self, conn: Connection, req_id: Any, code: str, engine: str) -> dict[str, Any]:
-        async with self.lock:
-            if not self.alive or self.proc is None:
-                raise ProtocolError(
-                    "session_dead", f"the session's engine is not running ({self.death}); restart it"
-                )
-            loop = asyncio.get_running_loop()
-            ex = Execution(conn, req_id, self.id, loop.create_future())
-            self.current = self.last = ex
-            self.executions += 1
-            for d in self.decoders.values():
-                d.reset()
-            self.proc.writer.write(encode({"type": "exec", "id": req_id, "code": code, "engine": engine}))
-            ex.timers.append(loop.call_later(self.limits.walltime_seconds, self._walltime, ex))
-            try:
-                result = await ex.done
-            finally:
-                for t in ex.timers:
-                    t.cancel()
-                self.current = None
-                self.touch()
-            status = result.get("status", "ok")
-            reply: dict[str, Any] = {
-                "type": "done",
-                "re": req_id,
-                "session": self.id,
-                "status": status,
-                "elapsed": round(time.monotonic() - ex.started, 6),
-            }
-            if ex.limit:
-                reply["limit"] = ex.limit
-                reply["status"] = "limit"
-                reply["message"] = {
-                    "output": f"output limit of {self.limits.output_bytes} bytes exceeded",
-                    "walltime": f"wall-clock limit of {self.limits.walltime_seconds} s exceeded",
-                }[ex.limit]
-            if status == "died":
-                reply["message"] = reply.get("message") or result.get("message")
-                reply["engine"] = result.get("message")
-            self.schedule_quota_check()
-            if ex.held is not None:
-                reply["_before"] = ex.held
-            return reply
+        if self.waiting >= MAX_QUEUED:
+            raise ProtocolError("busy", f"{MAX_QUEUED} executions are already queued for this session")
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            return await self._execute(conn, req_id, code, engine)
+        finally:
+            self.lock.release()
+
+    async def _execute(self, conn: Connection, req_id: Any, code: str, engine: str) -> dict[str, Any]:
+        if not self.alive or self.proc is None:
+            raise ProtocolError(
+                "session_dead", f"the session's engine is not running ({self.death}); restart it"
+            )
+        loop = asyncio.get_running_loop()
+        ex = Execution(conn, req_id, self.id, loop.create_future())
+        self.current = self.last = ex
+        self.executions += 1
+        for d in self.decoders.values():
+            d.reset()
+        self.proc.writer.write(encode({"type": "exec", "id": req_id, "code": code, "engine": engine}))
+        ex.timers.append(loop.call_later(self.limits.walltime_seconds, self._walltime, ex))
+        try:
+            result = await ex.done
+        finally:
+            for t in ex.timers:
+                t.cancel()
+            self.current = None
+            self.touch()
+        status = result.get("status", "ok")
+        reply: dict[str, Any] = {
+            "type": "done",
+            "re": req_id,
+            "session": self.id,
+            "status": status,
+            "elapsed": round(time.monotonic() - ex.started, 6),
+        }
+        if ex.limit:
+            reply["limit"] = ex.limit
+            reply["status"] = "limit"
+            reply["message"] = {
+                "output": f"output limit of {self.limits.output_bytes} bytes exceeded",
+                "walltime": f"wall-clock limit of {self.limits.walltime_seconds} s exceeded",
+            }[ex.limit]
+        if status == "died":
+            reply["message"] = reply.get("message") or result.get("message")
+            reply["engine"] = result.get("message")
+        self.schedule_quota_check()
+        if ex.held is not None:
+            reply["_before"] = ex.held
+        return reply
 
     def _walltime(self, ex: Execution) -> None:
         if self.current is ex:

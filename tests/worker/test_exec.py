@@ -176,3 +176,20 @@ def test_sage_engine(client: WorkerClient) -> None:
             assert base64.b64decode(r["display"][0]["image/png"]).startswith(PNG)
     finally:
         client.call("close", session=sid)
+
+
+def test_restart_during_execution(worker: WorkerProc, client: WorkerClient, session: str) -> None:
+    code = "print('go', flush=True)\nimport time\ntime.sleep(60)"
+    client.send({"type": "exec", "id": "forever", "session": session, "code": code})
+    started = client.recv()
+    assert started is not None
+    assert started["type"] == "stream"
+    with worker.client() as other:
+        other.request("restart", session=session)
+    done = client.recv()
+    while done is not None and done["type"] != "done":
+        done = client.recv()
+    assert done is not None
+    assert done["re"] == "forever"
+    assert done["status"] == "died"
+    assert client.execute(session, "1 + 1")["result"]["text/plain"] == "2"
