@@ -759,7 +759,7 @@ class Worker:
         if engine not in {"python", "sage"}:
             raise ProtocolError("bad_field", "engine must be 'python' or 'sage'")
         if engine not in self.engines:
-            if engine == "sage":
+            if engine == "sage" and "sage" in self.config.engines:
                 raise ProtocolError(
                     "engine_unavailable", "Sage is not installed on this worker (install sagews[sage])"
                 )

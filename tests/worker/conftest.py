@@ -41,10 +41,10 @@ def make_worker(base_dir: Path, pki: DevCA) -> Iterator[Callable[..., WorkerProc
     started: list[WorkerProc] = []
     client_pair = pki.issue("backend", server=False)
 
-    def make(**overrides: Any) -> WorkerProc:
+    def make(env: dict[str, str] | None = None, **overrides: Any) -> WorkerProc:
         # workers on one host must not share workspace users (each kills leftovers of the uids it hands out)
         overrides.setdefault("user_prefix", f"sagews_t{len(started)}_")
-        w = WorkerProc(base_dir / f"worker{len(started)}", pki, client_pair, overrides)
+        w = WorkerProc(base_dir / f"worker{len(started)}", pki, client_pair, overrides, env)
         started.append(w)
         return w
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from worker_helpers import HAVE_SAGE, WorkerProc
@@ -128,12 +130,20 @@ def test_reopen_returns_same_session(client: WorkerClient) -> None:
     assert ei.value.code == "no_session"
 
 
-def test_sage_missing_or_disabled(make_worker: object) -> None:
-    w: WorkerProc = make_worker(engines=["python"], warm_pool=0)  # type: ignore[operator]
+def test_sage_not_installed(make_worker: object, base_dir: Path) -> None:
+    """A worker whose Python cannot import Sage (a stand-in `sage` package that fails to import)."""
+    fake = base_dir / "no-sage"
+    (fake / "sage").mkdir(parents=True)
+    (fake / "sage" / "__init__.py").write_text("raise ImportError('no Sage here')\n")
+    env = {"PYTHONPATH": f"{fake}:{os.environ.get('PYTHONPATH', '')}"}
+    w: WorkerProc = make_worker(engines=["python", "sage"], warm_pool=0, env=env)  # type: ignore[operator]
     with w.client() as c:
+        assert c.hello is not None
+        assert c.hello["engines"] == ["python"]
         with pytest.raises(WorkerError) as ei:
             c.request("open", workspace="nosage", engine="sage")
         assert ei.value.code == "engine_unavailable"
+        assert "Sage is not installed on this worker" in ei.value.reply["message"]
         sid = c.request("open", workspace="nosage")["session"]
         assert c.execute(sid, "1+1")["result"]["text/plain"] == "2"
         with pytest.raises(WorkerError) as ei:

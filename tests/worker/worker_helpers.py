@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,14 @@ HAVE_SAGE = (
 
 
 class WorkerProc:
-    def __init__(self, base: Path, pki: DevCA, client_pair: Any, overrides: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        base: Path,
+        pki: DevCA,
+        client_pair: Any,
+        overrides: dict[str, Any],
+        env: dict[str, str] | None = None,
+    ) -> None:
         server = pki.issue("worker")
         self.pki = pki
         self.client_pair = client_pair
@@ -58,6 +66,7 @@ class WorkerProc:
             [sys.executable, "-m", "sagews.worker", "--config", str(cfg)],
             stdout=subprocess.PIPE,
             stderr=self.log,
+            env={**os.environ, **env} if env else None,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)
