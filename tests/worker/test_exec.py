@@ -203,3 +203,11 @@ def test_restart_during_execution(worker: WorkerProc, client: WorkerClient, sess
     assert done["re"] == "forever"
     assert done["status"] == "died"
     assert client.execute(session, "1 + 1")["result"]["text/plain"] == "2"
+
+
+def test_interrupt_while_idle_is_harmless(client: WorkerClient, session: str) -> None:
+    client.request("interrupt", session=session)
+    client.request("interrupt", session=session)
+    r = client.execute(session, "import time\ntime.sleep(0.2)\n'fine'")
+    assert r["done"]["status"] == "ok"
+    assert r["result"]["text/plain"] == "'fine'"

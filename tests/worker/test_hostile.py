@@ -154,3 +154,24 @@ def test_symlink_escapes(worker: WorkerProc, client: WorkerClient, session: str,
         client.request("rename", session=session, src="passwd", dst="../passwd")
     assert not (other / "x").exists()
     assert_unharmed(client, bystander)
+
+
+def test_garbage_on_the_engine_channel(client: WorkerClient, session: str, bystander: str) -> None:
+    # user code owns its engine process, so it can write to the control socket: only its session suffers
+    r = client.execute(session, "import os\nos.write(3, b'\\xff' * 64)\nimport time\ntime.sleep(30)")
+    assert r["done"]["status"] in {"died", "limit"}
+    client.request("restart", session=session)
+    assert client.execute(session, "7")["result"]["text/plain"] == "7"
+    assert_unharmed(client, bystander)
+
+
+def test_forged_done_only_fools_its_own_session(client: WorkerClient, session: str, bystander: str) -> None:
+    code = (
+        "import os, json, struct\n"
+        "body = json.dumps({'type': 'done', 'id': 'other', 'status': 'ok'}).encode()\n"
+        "os.write(3, struct.pack('>I', len(body)) + body)\n"
+        "'real'"
+    )
+    r = client.execute(session, code)
+    assert r["result"]["text/plain"] == "'real'"
+    assert_unharmed(client, bystander)
