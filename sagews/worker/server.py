@@ -37,7 +37,7 @@ from sagews.tls import peer_common_name, server_context
 from sagews.worker.cgroup import Cgroups
 from sagews.worker.config import WorkerConfig
 from sagews.worker.users import WORKSPACE_ID, Account, UserPool, kill_uid
-from sagews.worker.workspace import OpError, prepare_dir, private_tmp, run_as
+from sagews.worker.workspace import HELPER_LIMITS, OpError, prepare_dir, private_tmp, run_as
 
 log = logging.getLogger("sagews.worker")
 
@@ -644,6 +644,13 @@ class Worker:
             os.chmod(key, 0o600)
         if self.cgroups is not None:
             self.cgroups.setup()
+        lim = self.config.limits
+        HELPER_LIMITS.update(
+            processes=lim.processes,
+            address_space=lim.address_space_mb << 20,
+            cpu=max(1, int(lim.cpu_seconds)),
+            open_files=lim.open_files,
+        )
         self.users = UserPool(self.state, self.config.user_prefix, self.config.user_pool_size)
 
     async def start(self) -> int:

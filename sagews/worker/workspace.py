@@ -33,6 +33,9 @@ class OpError(Exception):
         self.message = message
 
 
+# Set by the server from its config (the fork inherits it): rlimits for operation helpers.
+HELPER_LIMITS: dict[str, int] = {"processes": 0, "address_space": 0, "cpu": 0, "open_files": 0}
+
 GIT_FLAGS = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false"]
 
 
@@ -320,6 +323,15 @@ def _child(  # noqa: PLR0917
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        # git may run commands the workspace controls (.gitattributes filters): same caps as user code
+        for res, value in (
+            (resource.RLIMIT_NPROC, HELPER_LIMITS["processes"]),
+            (resource.RLIMIT_AS, HELPER_LIMITS["address_space"]),
+            (resource.RLIMIT_CPU, HELPER_LIMITS["cpu"]),
+            (resource.RLIMIT_NOFILE, HELPER_LIMITS["open_files"]),
+        ):
+            if value:
+                resource.setrlimit(res, (value, value))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         os.setgroups([])
         os.setresgid(account.gid, account.gid, account.gid)

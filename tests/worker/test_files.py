@@ -79,3 +79,25 @@ def test_bad_bundle(client: WorkerClient, session: str) -> None:
     with pytest.raises(WorkerError) as ei:
         client.request("restore", session=session, bundles=[base64.b64encode(b"not a bundle").decode()])
     assert ei.value.code == "bad_bundle"
+
+
+def test_git_hooks_and_filters_do_not_run_as_root(client: WorkerClient, session: str) -> None:
+    client.request("write", session=session, path="a.txt", text="1")
+    client.request("save", session=session, message="init")
+    code = (
+        "import os, stat\n"
+        "hook = '.git/hooks/pre-commit'\n"
+        "open(hook, 'w').write('#!/bin/sh\\ntouch hook-ran\\n')\n"
+        "os.chmod(hook, 0o755)\n"
+        "open('.gitattributes', 'w').write('*.txt filter=spy\\n')\n"
+        "with open('.git/config', 'a') as f:\n"
+        '    f.write(\'[filter "spy"]\\n\\tclean = sh -c "id -u > filter-uid; cat"\\n\')\n'
+    )
+    assert client.execute(session, code)["done"]["status"] == "ok"
+    client.request("write", session=session, path="a.txt", text="2")
+    client.request("save", session=session, message="second")
+    names = {e["name"] for e in client.request("ls", session=session)["entries"]}
+    assert "hook-ran" not in names  # hooks are disabled for worker-run git
+    if "filter-uid" in names:  # filters do run, but only as the workspace's own user
+        uid = client.request("read", session=session, path="filter-uid")["text"].strip()
+        assert uid != "0"
