@@ -87,7 +87,7 @@ class Zygote:
         self.sock: socket.socket | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.tokens = itertools.count(1)
-        self.spawning: dict[int, asyncio.Future[int]] = {}
+        self.spawning: dict[int, asyncio.Future[tuple[int, asyncio.Future[int]]]] = {}
         self.exits: dict[int, asyncio.Future[int]] = {}
         self.ready: asyncio.Future[dict[str, Any]] | None = None
         self.started = asyncio.Event()
@@ -121,9 +121,14 @@ class Zygote:
                 data = b""
             if not data:
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())
-                for fut in list(self.exits.values()) + list(self.spawning.values()):
+                for fut in self.exits.values():
                     if not fut.done():
                         fut.set_result(-1)
+                for sfut in self.spawning.values():
+                    if not sfut.done():
+                        sfut.set_exception(RuntimeError("the zygote is gone"))
+                self.exits.clear()
+                self.spawning.clear()
                 if self.ready and not self.ready.done():
                     self.ready.set_exception(RuntimeError("zygote died during start"))
                 elif self.on_death is not None:
@@ -134,12 +139,15 @@ class Zygote:
             if op == "ready" and self.ready:
                 self.ready.set_result(msg)
             elif op == "spawned":
-                fut = self.spawning.pop(msg["token"], None)
-                if fut and not fut.done():
-                    fut.set_result(msg["pid"])
+                # the exit future exists from here on, so an engine that dies at once is still reported
+                exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+                self.exits[msg["pid"]] = exited
+                sfut = self.spawning.pop(msg["token"], None)
+                if sfut and not sfut.done():
+                    sfut.set_result((msg["pid"], exited))
             elif op == "exited":
-                fut = self.exits.setdefault(msg["pid"], asyncio.get_running_loop().create_future())
-                if not fut.done():
+                fut = self.exits.pop(msg["pid"], None)
+                if fut is not None and not fut.done():
                     fut.set_result(msg["status"])
 
     async def spawn(self) -> EngineProc:
@@ -150,26 +158,30 @@ class Zygote:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         token = next(self.tokens)
-        fut: asyncio.Future[int] = loop.create_future()
+        fut: asyncio.Future[tuple[int, asyncio.Future[int]]] = loop.create_future()
         self.spawning[token] = fut
         try:
-            socket.send_fds(
-                self.sock,
-                [json.dumps({"op": "spawn", "token": token}).encode()],
-                [child_ctrl.fileno(), out_w, err_w],
-            )
-        finally:
-            child_ctrl.close()
-            os.close(out_w)
-            os.close(err_w)
-        pid = await asyncio.wait_for(fut, 30)
-        if pid < 0:
-            raise RuntimeError("the zygote is gone")
-        os.set_blocking(out_r, False)
-        os.set_blocking(err_r, False)
-        ctrl.setblocking(False)
-        reader, writer = await asyncio.open_unix_connection(sock=ctrl, limit=ENGINE_FRAME_MAX)
-        exited = self.exits.setdefault(pid, loop.create_future())
+            try:
+                socket.send_fds(
+                    self.sock,
+                    [json.dumps({"op": "spawn", "token": token}).encode()],
+                    [child_ctrl.fileno(), out_w, err_w],
+                )
+            finally:
+                child_ctrl.close()
+                os.close(out_w)
+                os.close(err_w)
+            pid, exited = await asyncio.wait_for(fut, 30)
+            os.set_blocking(out_r, False)
+            os.set_blocking(err_r, False)
+            ctrl.setblocking(False)
+            reader, writer = await asyncio.open_unix_connection(sock=ctrl, limit=ENGINE_FRAME_MAX)
+        except BaseException:
+            self.spawning.pop(token, None)
+            ctrl.close()
+            os.close(out_r)
+            os.close(err_r)
+            raise
         return EngineProc(pid, reader, writer, out_r, err_r, exited)
 
     def stop(self) -> None:
