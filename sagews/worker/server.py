@@ -263,6 +263,17 @@ class Session:
         }
 
     async def start_engine(self) -> None:
+        """Assign a (warm) engine to this session; pooled engines that died meanwhile are skipped."""
+        for _ in range(len(self.worker.pool)):
+            try:
+                await self._start_engine()
+            except ProtocolError:
+                log.warning("a warm engine for %s failed to start; trying the next", self.workspace)
+            else:
+                return
+        await self._start_engine()  # pool empty: a fresh fork, whose failure is reported
+
+    async def _start_engine(self) -> None:
         proc = await self.worker.take_engine()
         self.proc = proc
         if self.worker.cgroups is not None:
@@ -729,6 +740,12 @@ class Worker:
             self.refilling = False
 
     async def take_engine(self) -> EngineProc:
+        while self.pool and self.pool[0].exited.done():  # known dead: drop without trying
+            dead = self.pool.pop(0)
+            with contextlib.suppress(OSError):
+                os.close(dead.out_fd)
+                os.close(dead.err_fd)
+            dead.writer.close()
         if not self.pool:
             await asyncio.wait_for(self.zygote.started.wait(), 120)  # a restarting zygote
         proc = self.pool.pop(0) if self.pool else await self.zygote.spawn()

@@ -164,3 +164,19 @@ def test_cgroup_switch_refuses_a_non_cgroup_dir(
 ) -> None:
     with pytest.raises(RuntimeError, match="not a cgroup v2 directory"):
         make_worker(warm_pool=0, engines=["python"], cgroup=True, cgroup_root=str(base_dir))
+
+
+def test_dead_warm_engine_is_replaced(make_worker: Callable[..., WorkerProc]) -> None:
+    w = make_worker(warm_pool=2, engines=["python"])
+    with w.client() as c:
+        wait_for(lambda: c.request("status")["warm"] == 2, 30, "the warm pool")
+        children = Path(f"/proc/{w.proc.pid}/task/{w.proc.pid}/children").read_text().split()
+        zygote = next(
+            p for p in children if b"sagews.worker.zygote" in Path(f"/proc/{p}/cmdline").read_bytes()
+        )
+        warm = Path(f"/proc/{zygote}/task/{zygote}/children").read_text().split()
+        assert len(warm) == 2
+        for pid in warm:
+            os.kill(int(pid), signal.SIGKILL)
+        sid = c.request("open", workspace="after-warm-death")["session"]
+        assert c.execute(sid, "8")["result"]["text/plain"] == "8"
