@@ -36,7 +36,7 @@ from sagews.framing import HEADER, FrameError, decode_body, encode, read_frame
 from sagews.tls import peer_common_name, server_context
 from sagews.worker.cgroup import Cgroups
 from sagews.worker.config import WorkerConfig
-from sagews.worker.users import WORKSPACE_ID, Account, UserPool, kill_uid
+from sagews.worker.users import WORKSPACE_ID, Account, PoolExhausted, UserPool, kill_uid
 from sagews.worker.workspace import HELPER_LIMITS, OpError, prepare_dir, private_tmp, run_as
 
 log = logging.getLogger("sagews.worker")
@@ -773,7 +773,7 @@ class Worker:
             busy = set(self.by_workspace)
             try:
                 account = self.users.account_for(workspace, root, busy)
-            except RuntimeError as exc:
+            except PoolExhausted as exc:
                 raise ProtocolError("no_capacity", str(exc)) from None
             prepare_dir(root, account)
             tmp = private_tmp(self.tmp, account)

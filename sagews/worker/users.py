@@ -22,6 +22,10 @@ from pathlib import Path
 WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+class PoolExhausted(RuntimeError):
+    """Every pooled workspace user is in use by an open session."""
+
+
 @dataclass(frozen=True)
 class Account:
     name: str
@@ -33,12 +37,28 @@ def ensure_user(name: str) -> Account:
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        for attempt in range(5):  # /etc/passwd may be locked by another useradd for a moment
+            proc = subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "--user-group",
+                    name,
+                ],
+                check=False,
+                capture_output=True,
+                timeout=30,
+            )
+            if proc.returncode in {0, 9}:  # 9: the name exists already (created concurrently)
+                break
+            if attempt == 4:
+                raise RuntimeError(
+                    f"useradd {name} failed: {proc.stderr.decode(errors='replace').strip()}"
+                ) from None
+            time.sleep(0.2 * (attempt + 1))
         pw = pwd.getpwnam(name)
     return Account(name, pw.pw_uid, pw.pw_gid)
 
@@ -116,7 +136,7 @@ class UserPool:
         if name is None:
             idle = [w for w in self.map if w not in busy]
             if not idle:
-                raise RuntimeError("no free workspace user: every pooled uid has an open session")
+                raise PoolExhausted("no free workspace user: every pooled uid has an open session")
             victim = min(idle, key=lambda w: float(self.map[w]["used"]))  # type: ignore[arg-type]
             name = str(self.map.pop(victim)["user"])
             old = workspace_dir.parent / victim

@@ -180,3 +180,25 @@ def test_dead_warm_engine_is_replaced(make_worker: Callable[..., WorkerProc]) ->
             os.kill(int(pid), signal.SIGKILL)
         sid = c.request("open", workspace="after-warm-death")["session"]
         assert c.execute(sid, "8")["result"]["text/plain"] == "8"
+
+
+def test_user_pool_exhaustion_and_reuse(make_worker: Callable[..., WorkerProc]) -> None:
+    w = make_worker(warm_pool=0, engines=["python"], user_pool_size=2)
+    ws = Path(w.config["workspaces_dir"])
+    with w.client() as c:
+        a = c.request("open", workspace="pool-a")
+        b = c.request("open", workspace="pool-b")
+        assert a["user"] != b["user"]
+        c.request("write", session=a["session"], path="mine.txt", text="a's")
+        with pytest.raises(WorkerError) as ei:
+            c.request("open", workspace="pool-c")
+        assert ei.value.code == "no_capacity"
+        c.request("close", session=a["session"])
+        cc = c.request("open", workspace="pool-c")
+        assert cc["user"] == a["user"]  # the idle workspace's uid was reclaimed...
+        assert (ws / "pool-a").stat().st_uid == 0  # ...after its checkout was handed to root
+        r = c.execute(cc["session"], f"open({str(ws / 'pool-a' / 'mine.txt')!r}).read()")
+        assert r["exception"]["ename"] == "PermissionError"
+        c.request("close", session=b["session"])
+        again = c.request("open", workspace="pool-a")
+        assert c.request("read", session=again["session"], path="mine.txt")["text"] == "a's"
