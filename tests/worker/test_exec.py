@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -91,18 +90,25 @@ def test_matplotlib_png(client: WorkerClient, session: str) -> None:
 
 def test_interrupt_keeps_session(worker: WorkerProc, client: WorkerClient, session: str) -> None:
     client.execute(session, "keep = 7")
-
-    def interrupt_soon() -> None:
-        with worker.client() as other:
-            time.sleep(0.3)  # let the loop start (an interrupt before it would be a no-op)
-            other.request("interrupt", session=session)
-
-    t = threading.Thread(target=interrupt_soon)
-    t.start()
-    r = client.execute(session, "while True:\n    pass")
-    t.join()
-    assert r["done"]["status"] == "interrupted"
-    assert r["exception"]["ename"] == "KeyboardInterrupt"
+    client.send(
+        {
+            "type": "exec",
+            "id": "loop",
+            "session": session,
+            "code": "print('go', flush=True)\nwhile True:\n    pass",
+        }
+    )
+    started = client.recv()  # the loop is running once 'go' arrives
+    assert started is not None
+    assert started["type"] == "stream"
+    with worker.client() as other:
+        other.request("interrupt", session=session)
+    frames = [started]
+    while frames[-1] is not None and frames[-1]["type"] != "done":
+        frames.append(client.recv())
+    assert frames[-1] is not None
+    assert frames[-1]["status"] == "interrupted"
+    assert any(f and f["type"] == "exception" and f["ename"] == "KeyboardInterrupt" for f in frames)
     assert client.execute(session, "keep")["result"]["text/plain"] == "7"
 
 
@@ -171,8 +177,11 @@ def test_sage_engine(client: WorkerClient) -> None:
         assert client.execute(sid, "2^3", engine="python")["result"]["text/plain"] == "1"
         assert client.execute(sid, "2^3")["result"]["text/plain"] == "8"
         # interrupting C code (PARI) works through cysignals, and the session survives
-        client.send({"type": "exec", "id": "long", "session": sid, "code": "factor(2^997 - 1)"})
-        time.sleep(0.5)  # let PARI start; an interrupt before that would just end the cell sooner
+        client.send(
+            {"type": "exec", "id": "long", "session": sid, "code": "print(1, flush=True)\nfactor(2^997 - 1)"}
+        )
+        assert client.recv()["type"] == "stream"  # type: ignore[index]  # the cell is running
+        time.sleep(0.3)  # most likely inside PARI by now (an earlier interrupt is fine too)
         client.send({"type": "interrupt", "id": "int", "session": sid})
         frames = []
         while not frames or frames[-1].get("re") != "long" or frames[-1]["type"] != "done":
