@@ -792,7 +792,7 @@ class Worker:
             self.opening.pop(workspace, None)
 
     def check_engine(self, engine: object) -> None:
-        if engine not in {"python", "sage"}:
+        if not isinstance(engine, str) or engine not in {"python", "sage"}:
             raise ProtocolError("bad_field", "engine must be 'python' or 'sage'")
         if engine not in self.engines:
             if engine == "sage" and "sage" in self.config.engines:

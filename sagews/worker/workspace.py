@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -35,6 +36,8 @@ class OpError(Exception):
 
 # Set by the server from its config (the fork inherits it): rlimits for operation helpers.
 HELPER_LIMITS: dict[str, int] = {"processes": 0, "address_space": 0, "cpu": 0, "open_files": 0}
+
+COMMIT_RE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z_./~^@{}-]{0,199}$")  # a revision, never an option
 
 GIT_FLAGS = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false"]
 
@@ -114,7 +117,7 @@ def _read(root: str, a: dict[str, Any], tmp: str, max_bytes: int) -> dict[str, A
     rel = confine(a.get("path"), root)
     commit = a.get("commit")
     if commit is not None:
-        if not isinstance(commit, str) or not commit or commit.startswith("-") or ":" in commit:
+        if not isinstance(commit, str) or not COMMIT_RE.match(commit):
             raise OpError("bad_field", "commit must be a commit id")
         proc = subprocess.run(
             ["git", *GIT_FLAGS, "show", f"{commit}:{rel}"],
@@ -346,6 +349,10 @@ def _child(  # noqa: PLR0917
             result = {"error": "timeout", "message": "the git command timed out"}
         except OSError as exc:
             result = {"error": "io", "message": f"{exc.strerror}: {exc.filename or ''}"}
+        except (ValueError, TypeError) as exc:
+            result = {"error": "bad_field", "message": f"{type(exc).__name__}: {exc}"[:500]}
+        except Exception as exc:  # reported, never silent
+            result = {"error": "internal", "message": f"{type(exc).__name__}: {exc}"[:500]}
         data = json.dumps(result).encode()
         with os.fdopen(3, "wb") as fh:
             fh.write(data)

@@ -124,7 +124,9 @@ def _mutate(rng: random.Random) -> bytes:
         msg["type"] = rng.choice([*WEIRD, "OPEN", "__init__", "_file_op", "do_status", "execx", "shutdown"])
     elif choice < 0.75:
         for _ in range(rng.randint(1, 3)):
-            key = rng.choice([*msg.keys(), "extra", "session", "bundles"])
+            key = rng.choice(
+                [*msg.keys(), "extra", "session", "bundles", "engine", "path", "commit", "limit"]
+            )
             if key == "type":
                 continue
             msg[key] = rng.choice(WEIRD)
@@ -155,6 +157,7 @@ def test_fuzz_10000_frames(worker: WorkerProc) -> None:
                 assert msg["type"] in {"error", "hello", "status"}, msg
                 if msg["type"] == "error":
                     assert msg["code"] and msg["message"]
+                    assert msg["code"] != "internal", msg  # every bad input is a clear client error
                 replies += 1
         assert c.request("status")["type"] == "status"
     # out-of-band damage, each on its own connection: oversized, truncated, desynchronised, raw noise
@@ -186,3 +189,51 @@ def test_fuzz_10000_frames(worker: WorkerProc) -> None:
         assert c.execute(sid, "6 * 7")["result"]["text/plain"] == "42"
         c.request("close", session=sid)
     assert "Traceback" not in worker.logtext()
+
+
+@pytest.mark.parametrize("workspace", ["../etc", "", 5, None, "a" * 65, ".hidden", "a/b", "x\x00"])
+def test_open_refuses_bad_workspace_names(client: WorkerClient, workspace: object) -> None:
+    with pytest.raises(WorkerError) as ei:
+        client.request("open", workspace=workspace)
+    assert ei.value.code == "bad_field"
+
+
+@pytest.mark.parametrize("engine", ["ruby", 1, ["sage"]])
+def test_open_refuses_bad_engines(client: WorkerClient, engine: object) -> None:
+    with pytest.raises(WorkerError) as ei:
+        client.request("open", workspace="engine-check", engine=engine)
+    assert ei.value.code == "bad_field"
+
+
+def test_fuzz_fields_against_a_real_session(client: WorkerClient) -> None:
+    """1,000 file requests with mutated fields on a live session: only clear client errors, never internal."""
+    sid = client.request("open", workspace="fuzz-real")["session"]
+    client.request("write", session=sid, path="f.txt", text="x")
+    rng = random.Random(7)
+    seeds = [
+        {"type": "ls", "path": "."},
+        {"type": "read", "path": "f.txt"},
+        {"type": "read", "path": "f.txt", "commit": "HEAD"},
+        {"type": "write", "path": "g.txt", "text": "y"},
+        {"type": "write", "path": "h.bin", "b64": "AAEC"},
+        {"type": "rename", "src": "g.txt", "dst": "g2.txt"},
+        {"type": "delete", "path": "g2.txt"},
+        {"type": "history", "limit": 2},
+        {"type": "interrupt"},
+    ]
+    codes: dict[str, int] = {}
+    for i in range(1000):
+        msg = dict(rng.choice(seeds))
+        for _ in range(rng.randint(0, 2)):
+            key = rng.choice([k for k in msg if k != "type"] or ["path"])
+            msg[key] = rng.choice(
+                [*WEIRD, "f.txt", "../f.txt", "/f.txt", "sub/../f.txt", ".git/HEAD", "-x", "HEAD:x"]
+            )
+        frames = client.call(str(msg.pop("type")), session=sid, **msg)
+        reply = frames[-1]
+        if reply["type"] == "error":
+            assert reply["code"] != "internal", (i, msg, reply)
+            codes[reply["code"]] = codes.get(reply["code"], 0) + 1
+    assert client.execute(sid, "'still here'")["result"]["text/plain"] == "'still here'"
+    client.request("close", session=sid)
+    assert codes  # the mutations did hit the error paths
