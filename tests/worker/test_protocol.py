@@ -237,3 +237,26 @@ def test_fuzz_fields_against_a_real_session(client: WorkerClient) -> None:
     assert client.execute(sid, "'still here'")["result"]["text/plain"] == "'still here'"
     client.request("close", session=sid)
     assert codes  # the mutations did hit the error paths
+
+
+def test_fuzz_session_requests(client: WorkerClient) -> None:
+    """exec/save/restore/restart/open with mutated fields: clear errors, and the session keeps working."""
+    sid = client.request("open", workspace="fuzz-session")["session"]
+    rng = random.Random(11)
+    seeds = [
+        {"type": "exec", "code": "1", "engine": "python"},
+        {"type": "save", "message": "m"},
+        {"type": "restore", "bundles": ["eA=="]},
+        {"type": "open", "workspace": "fuzz-session", "engine": "python"},
+    ]
+    values = [*WEIRD, "python", "sage", "fuzz-session", ["!!"], ["eA==", 3], "1/0", "print(1)"]
+    for i in range(200):
+        msg = dict(rng.choice(seeds))
+        for _ in range(rng.randint(1, 2)):
+            msg[rng.choice([k for k in msg if k != "type"])] = rng.choice(values)
+        reply = client.call(str(msg.pop("type")), session=sid, **msg)[-1]
+        if reply["type"] == "error":
+            assert reply["code"] != "internal", (i, msg, reply)
+    client.request("restart", session=sid)
+    assert client.execute(sid, "'ok'")["result"]["text/plain"] == "'ok'"
+    client.request("close", session=sid)
