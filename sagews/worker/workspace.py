@@ -242,35 +242,67 @@ def _save(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
     return {"commit": head, "base": last is None, "bundle": base64.b64encode(data).decode()}
 
 
-def _restore(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
-    bundles = a.get("bundles")
-    if not isinstance(bundles, list) or not bundles or not all(isinstance(b, str) for b in bundles):
-        raise OpError("bad_field", "bundles must be a non-empty list of base64 strings, base first")
+STAGING = ".sagews-restore"
+
+
+def _clear(keep: str | None = None) -> None:
     for name in os.listdir("."):
+        if name == keep:
+            continue
         if os.path.isdir(name) and not os.path.islink(name):
             shutil.rmtree(name)
         else:
             os.unlink(name)
-    git("init", "-q", "-b", "main", tmp=tmp)
-    path = os.path.join(tmp, "restore.bundle")
-    for i, b64 in enumerate(bundles):
-        with open(path, "wb") as fh:
-            fh.write(base64.b64decode(b64))
-        proc = subprocess.run(
-            ["git", *GIT_FLAGS, "fetch", "-q", path, "HEAD"],
-            capture_output=True,
-            env=_git_env(tmp),
-            timeout=300,
-            check=False,
+
+
+def _restore(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
+    """Rebuild the repository from bundles in a staging directory; the checkout is replaced only if
+    every bundle applied (a bad restore leaves the workspace as it was)."""
+    bundles = a.get("bundles")
+    if not isinstance(bundles, list) or not bundles or not all(isinstance(b, str) for b in bundles):
+        raise OpError("bad_field", "bundles must be a non-empty list of base64 strings, base first")
+    if os.path.lexists(STAGING):
+        shutil.rmtree(STAGING) if os.path.isdir(STAGING) and not os.path.islink(STAGING) else os.unlink(
+            STAGING
         )
-        if proc.returncode != 0:
-            raise OpError(
-                "bad_bundle", f"bundle {i} does not apply: {proc.stderr.decode(errors='replace')[:500]}"
+    os.mkdir(STAGING, 0o700)
+    path = os.path.join(tmp, "restore.bundle")
+    try:
+        os.chdir(STAGING)
+        git("init", "-q", "-b", "main", tmp=tmp)
+        for i, b64 in enumerate(bundles):
+            try:
+                data = base64.b64decode(b64, validate=True)
+            except ValueError:
+                raise OpError("bad_field", f"bundle {i} is not valid base64") from None
+            with open(path, "wb") as fh:
+                fh.write(data)
+            proc = subprocess.run(
+                ["git", *GIT_FLAGS, "fetch", "-q", path, "HEAD"],
+                capture_output=True,
+                env=_git_env(tmp),
+                timeout=300,
+                check=False,
             )
-        git("update-ref", "refs/heads/main", "FETCH_HEAD", tmp=tmp)
-    os.unlink(path)
-    git("reset", "-q", "--hard", "main", tmp=tmp)
-    head = git("rev-parse", "HEAD", tmp=tmp).decode().strip()
+            if proc.returncode != 0:
+                raise OpError(
+                    "bad_bundle", f"bundle {i} does not apply: {proc.stderr.decode(errors='replace')[:500]}"
+                )
+            git("update-ref", "refs/heads/main", "FETCH_HEAD", tmp=tmp)
+        git("reset", "-q", "--hard", "main", tmp=tmp)
+        head = git("rev-parse", "HEAD", tmp=tmp).decode().strip()
+    except BaseException:
+        os.chdir(root)
+        shutil.rmtree(STAGING, ignore_errors=True)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    os.chdir(root)
+    _clear(keep=STAGING)
+    for name in os.listdir(STAGING):
+        os.rename(os.path.join(STAGING, name), name)
+    os.rmdir(STAGING)
     return {"commit": head}
 
 

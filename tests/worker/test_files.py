@@ -75,10 +75,16 @@ def test_save_bundles_restore_history(client: WorkerClient, session: str) -> Non
     assert client.request("restore", session=session)["commit"] == hist[0]["commit"]
 
 
-def test_bad_bundle(client: WorkerClient, session: str) -> None:
+def test_bad_bundle_leaves_the_workspace_alone(client: WorkerClient, session: str) -> None:
+    client.request("write", session=session, path="keep.txt", text="precious")
     with pytest.raises(WorkerError) as ei:
         client.request("restore", session=session, bundles=[base64.b64encode(b"not a bundle").decode()])
     assert ei.value.code == "bad_bundle"
+    with pytest.raises(WorkerError) as ei:
+        client.request("restore", session=session, bundles=["%%% not base64"])
+    assert ei.value.code == "bad_field"
+    assert client.request("read", session=session, path="keep.txt")["text"] == "precious"
+    assert [e["name"] for e in client.request("ls", session=session)["entries"]] == ["keep.txt"]
 
 
 def test_git_hooks_and_filters_do_not_run_as_root(client: WorkerClient, session: str) -> None:
