@@ -278,6 +278,7 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited from the zygote already
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.set_inheritable(ctrl_fd, False)  # programs started by user code do not get the control socket
         chan = Channel(socket.socket(fileno=ctrl_fd))
         msg = chan.recv()
         if msg.get("type") != "assign":

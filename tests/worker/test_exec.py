@@ -220,3 +220,12 @@ def test_interrupt_while_idle_is_harmless(client: WorkerClient, session: str) ->
     r = client.execute(session, "import time\ntime.sleep(0.2)\n'fine'")
     assert r["done"]["status"] == "ok"
     assert r["result"]["text/plain"] == "'fine'"
+
+
+def test_subprocess_output_is_streamed(client: WorkerClient, session: str) -> None:
+    r = client.execute(session, "import os, subprocess\nos.system('echo from-shell; echo oops >&2')\nNone")
+    assert "from-shell" in r["stdout"]
+    assert "oops" in r["stderr"]
+    r = client.execute(session, "import os\nos.system('readlink /proc/$$/fd/3 || echo none')\nNone")
+    assert "socket" not in r["stdout"]  # the engine's control socket is not inherited
+    assert "none" in r["stdout"]
