@@ -249,7 +249,7 @@ class Engine:
             if engine == "sage":
                 code = PRELOADED["preparse"](code)
             tree = ast.parse(code, "<cell>", "exec")
-        except SyntaxError:
+        except Exception:  # SyntaxError, ValueError (NUL bytes), anything the preparser raises
             self.exception(*sys.exc_info())
             return "error"
         last = None
@@ -296,7 +296,12 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
         while True:
             msg = chan.recv()
             if msg.get("type") == "exec":
-                engine.run(msg)
+                try:
+                    engine.run(msg)
+                except Exception as exc:  # a bug of ours must not take the session down silently
+                    chan.send(
+                        {"type": "done", "id": msg.get("id"), "status": "error", "message": repr(exc)[:500]}
+                    )
             elif msg.get("type") == "quit":
                 break
     except (EOFError, OSError, FrameError):

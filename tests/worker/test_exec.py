@@ -48,6 +48,9 @@ def test_exception_traceback(client: WorkerClient, session: str) -> None:
     assert "engine.py" not in exc["traceback"]
     r = client.execute(session, "def (:")
     assert r["exception"]["ename"] == "SyntaxError"
+    r = client.execute(session, "1\x00")
+    assert r["exception"]["ename"] in {"SyntaxError", "ValueError"}
+    assert client.execute(session, "'alive'")["result"]["text/plain"] == "'alive'"
 
 
 def test_streams_arrive_before_done(client: WorkerClient, session: str) -> None:

@@ -257,6 +257,9 @@ def test_fuzz_session_requests(client: WorkerClient) -> None:
         reply = client.call(str(msg.pop("type")), session=sid, **msg)[-1]
         if reply["type"] == "error":
             assert reply["code"] != "internal", (i, msg, reply)
+            assert reply["code"] != "session_dead", (i, msg, reply)  # no input may crash the engine
+        else:
+            assert reply.get("status") != "died", (i, msg, reply)
     client.request("restart", session=sid)
     assert client.execute(sid, "'ok'")["result"]["text/plain"] == "'ok'"
     client.request("close", session=sid)
