@@ -429,6 +429,13 @@ class Session:
                 os.killpg(self.proc.pid, signal.SIGINT)
 
     def kill(self, reason: str) -> None:
+        log.info(
+            "session %s (%s): killing every process of %s: %s",
+            self.id,
+            self.workspace,
+            self.account.name,
+            reason,
+        )
         self.death = reason
         if self.worker.cgroups is not None:
             self.worker.cgroups.kill(self.workspace)
@@ -782,6 +789,9 @@ class Worker:
             self.sessions[session.id] = session
             self.by_workspace[workspace] = session
             session.touch()
+            log.info(
+                "session %s opened: workspace %s as %s (%s)", session.id, workspace, account.name, engine
+            )
             fut.set_result(session)
             return session, False
         except BaseException as exc:
@@ -820,6 +830,7 @@ class Worker:
             return
         session.closed = True
         self.forget(session)
+        log.info("session %s closed: workspace %s (%s)", session.id, session.workspace, reason)
         if session.last is not None and reason == "idle timeout":
             session.last.conn.send({"type": "closed", "session": session.id, "reason": reason})
         await session.close()
