@@ -19,6 +19,7 @@ import resource
 import signal
 import socket
 import sys
+import tempfile
 import traceback
 from typing import Any
 
@@ -116,6 +117,7 @@ def drop_privileges(msg: dict[str, Any]) -> None:
     os.chdir(msg["cwd"])
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in msg["env"].items()})
+    tempfile.tempdir = None  # the zygote's imports cached /tmp: use the session's private TMPDIR
 
 
 class Engine:

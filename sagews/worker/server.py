@@ -36,7 +36,7 @@ from sagews.framing import HEADER, FrameError, decode_body, encode, read_frame
 from sagews.tls import peer_common_name, server_context
 from sagews.worker.cgroup import Cgroups
 from sagews.worker.config import WorkerConfig
-from sagews.worker.users import WORKSPACE_ID, Account, PoolExhausted, UserPool, kill_uid
+from sagews.worker.users import WORKSPACE_ID, Account, PoolExhausted, UserPool, kill_uid, purge_uid_files
 from sagews.worker.workspace import HELPER_LIMITS, OpError, prepare_dir, private_tmp, run_as
 
 log = logging.getLogger("sagews.worker")
@@ -628,6 +628,7 @@ class Session:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        purge_uid_files(self.account.uid)
         if self.worker.cgroups is not None:
             self.worker.cgroups.remove(self.workspace)
 

@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -99,6 +100,35 @@ def kill_uid(uid: int, timeout: float = 5.0) -> int:
         time.sleep(0.005)  # let the kernel reap before rescanning (bounded by ``timeout``)
 
 
+SHARED_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 (world-writable: outside the quota)
+
+
+def purge_uid_files(uid: int, dirs: tuple[str, ...] = SHARED_TMP_DIRS) -> int:
+    """Remove what ``uid`` left at the top of the world-writable directories (its processes must be dead).
+    Returns the number of entries removed."""
+    if uid == 0:
+        raise ValueError("refusing to purge uid 0")
+    removed = 0
+    for d in dirs:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+                if st.st_uid != uid:
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path)  # fd-based, does not follow symlinks
+                else:
+                    os.unlink(e.path)
+                removed += 1
+            except OSError:
+                continue
+    return removed
+
+
 def chown_tree(path: Path, uid: int, gid: int) -> None:
     """chown -hR without following symlinks."""
     os.lchown(path, uid, gid)
@@ -128,7 +158,9 @@ class UserPool:
         if entry is not None:
             entry["used"] = time.time()
             self._save()
-            return ensure_user(str(entry["user"]))
+            account = ensure_user(str(entry["user"]))
+            kill_uid(account.uid)  # leftovers of an earlier worker run: no session of it exists now
+            return account
         taken = {str(e["user"]) for e in self.map.values()}
         name = next(
             (f"{self.prefix}{i}" for i in range(1, self.size + 1) if f"{self.prefix}{i}" not in taken), None
@@ -144,6 +176,7 @@ class UserPool:
                 chown_tree(old, 0, 0)
         account = ensure_user(name)
         kill_uid(account.uid)
+        purge_uid_files(account.uid)
         self.map[workspace] = {"user": name, "used": time.time()}
         self._save()
         return account

@@ -175,3 +175,20 @@ def test_forged_done_only_fools_its_own_session(client: WorkerClient, session: s
     r = client.execute(session, code)
     assert r["result"]["text/plain"] == "'real'"
     assert_unharmed(client, bystander)
+
+
+def test_shared_tmp_leftovers_are_purged(client: WorkerClient) -> None:
+    opened = client.request("open", workspace="tmp-litter")
+    sid = opened["session"]
+    code = (
+        "import os\n"
+        "open('/tmp/sagews-litter', 'w').write('x')\n"
+        "os.makedirs('/var/tmp/sagews-litter-dir/sub', exist_ok=True)\n"
+        "open('/dev/shm/sagews-litter', 'w').write('x')\n"
+        "import tempfile\ntempfile.gettempdir()"
+    )
+    r = client.execute(sid, code)
+    assert r["result"]["text/plain"].endswith(f"/{opened['user']}'")  # TMPDIR is a private directory
+    client.request("close", session=sid)
+    for path in ("/tmp/sagews-litter", "/var/tmp/sagews-litter-dir", "/dev/shm/sagews-litter"):
+        assert not os.path.lexists(path), path
