@@ -118,6 +118,23 @@ def drop_privileges(msg: dict[str, Any]) -> None:
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in msg["env"].items()})
     tempfile.tempdir = None  # the zygote's imports cached /tmp: use the session's private TMPDIR
+    _retarget_sage_dirs()
+
+
+def _retarget_sage_dirs() -> None:
+    """Sage read DOT_SAGE (root's ~/.sage) when the zygote imported it; point it at the session's."""
+    env = sys.modules.get("sage.env")
+    new = os.environ.get("DOT_SAGE")
+    if env is None or not new:
+        return
+    old = getattr(env, "DOT_SAGE", None)
+    os.makedirs(new, mode=0o700, exist_ok=True)
+    if isinstance(getattr(env, "SAGE_ENV", None), dict):
+        env.SAGE_ENV["DOT_SAGE"] = new
+    for name, module in list(sys.modules.items()):
+        if name.startswith("sage") and module is not None and getattr(module, "DOT_SAGE", None) == old:
+            with contextlib.suppress(AttributeError, TypeError):
+                module.DOT_SAGE = new
 
 
 class Engine:

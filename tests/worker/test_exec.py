@@ -232,3 +232,19 @@ def test_subprocess_output_is_streamed(client: WorkerClient, session: str) -> No
     r = client.execute(session, "import os\nos.system('readlink /proc/$$/fd/3 || echo none')\nNone")
     assert "socket" not in r["stdout"]  # the engine's control socket is not inherited
     assert "none" in r["stdout"]
+
+
+@pytest.mark.sage
+def test_sage_uses_the_session_dirs(client: WorkerClient) -> None:
+    if not HAVE_SAGE:
+        pytest.skip("Sage is not installed: pip install -e '.[sage]'")
+    opened = client.request("open", workspace="sage-dirs", engine="sage")
+    try:
+        r = client.execute(
+            opened["session"], "import sage.env, tempfile\n(sage.env.DOT_SAGE, tempfile.gettempdir())"
+        )
+        dot_sage, tmp = eval(r["result"]["text/plain"])  # noqa: S307
+        assert opened["user"] in dot_sage
+        assert tmp.endswith(opened["user"])
+    finally:
+        client.call("close", session=opened["session"])
