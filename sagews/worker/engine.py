@@ -121,6 +121,20 @@ def drop_privileges(msg: dict[str, Any]) -> None:
     _retarget_sage_dirs()
 
 
+SAGE_DOT_SAGE_MODULES = (
+    "sage.env",
+    "sage.misc.misc",
+    "sage.misc.lazy_import_cache",
+    "sage.misc.sageinspect",
+    "sage.misc.inline_fortran",
+    "sage.interfaces.expect",
+    "sage.interfaces.gp",
+    "sage.interfaces.maxima_abstract",
+    "sage.interfaces.maxima_lib",
+    "sage.all__sagemath_environment",
+)
+
+
 def _retarget_sage_dirs() -> None:
     """Sage read DOT_SAGE (root's ~/.sage) when the zygote imported it; point it at the session's."""
     env = sys.modules.get("sage.env")
@@ -131,10 +145,10 @@ def _retarget_sage_dirs() -> None:
     os.makedirs(new, mode=0o700, exist_ok=True)
     if isinstance(getattr(env, "SAGE_ENV", None), dict):
         env.SAGE_ENV["DOT_SAGE"] = new
-    for name, module in list(sys.modules.items()):
-        if name.startswith("sage") and module is not None and getattr(module, "DOT_SAGE", None) == old:
-            with contextlib.suppress(AttributeError, TypeError):
-                module.DOT_SAGE = new
+    for name in SAGE_DOT_SAGE_MODULES:  # the modules that copy DOT_SAGE at import (passagemath 10.8)
+        namespace = getattr(sys.modules.get(name), "__dict__", None)
+        if isinstance(namespace, dict) and namespace.get("DOT_SAGE") == old:
+            namespace["DOT_SAGE"] = new
 
 
 class Engine:
