@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian packages by purpose. `make up` needs only the first list.
 APT_DEPLOY=(python3-venv git ca-certificates)
-APT_TEST=(docker.io debootstrap postgresql-15 postgresql-client-15 memcached nftables)
+APT_TEST=(docker.io debootstrap postgresql-15 postgresql-client-15 memcached nftables chromium)
 
 apt_install() {
   local missing=()
@@ -59,4 +59,10 @@ docker_ensure() {
   echo "docker: dockerd did not come up; see /var/log/sagews-test/dockerd.log" >&2
   tail -20 /var/log/sagews-test/dockerd.log >&2
   return 1
+}
+
+# static/vendor/ (the browser client's npm libraries): npm ci from static/package-lock.json + copy.
+static_build() {
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  bash "$SAGEWS_ROOT/static/build.sh"
 }

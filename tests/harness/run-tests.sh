@@ -12,7 +12,7 @@ cd "$SAGEWS_ROOT"
 LOG_DIR=${SAGEWS_TEST_LOGS:-$SAGEWS_ROOT/build/test-logs}
 mkdir -p "$LOG_DIR"
 export NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
-SETUP=${SETUP:-apt docker venv image}
+SETUP=${SETUP:-apt docker venv static image}
 if [ -z "${STAGES:-}" ]; then
   STAGES="ruff yamllint ansible-lint pytest"
   for d in molecule/*/molecule.yml; do STAGES="$STAGES molecule:$(basename "$(dirname "$d")")"; done
@@ -75,6 +75,7 @@ for step in $SETUP; do
     apt) run_stage setup:apt apt_install "${APT_DEPLOY[@]}" "${APT_TEST[@]}" ;;
     docker) run_stage setup:docker docker_ensure ;;
     venv) run_stage setup:venv venv_ensure sage ;;
+    static) run_stage setup:static static_build ;;
     image) run_stage setup:base-image base_image ;;
   esac || { print_table; echo "setup failed: stopping"; exit 1; }
 done

@@ -7,6 +7,7 @@ cd "$SAGEWS_ROOT"
 start=$SECONDS
 apt_install "${APT_DEPLOY[@]}"
 venv_ensure
+static_build
 "$VENV/bin/ansible-playbook" site.yml "$@"
 echo
 echo "sagews deployed to this machine in $((SECONDS - start)) s (inventory/local)."

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Reproducible build of static/vendor/: `npm ci` from the checked-in package-lock.json, then copy the few
+# files the browser loads. static/vendor/ is generated (gitignored); nothing is fetched at run time.
+# Idempotent: skips npm ci when node_modules matches the lock (stamp), always re-copies (cheap).
+set -euo pipefail
+cd "$(dirname "$0")"
+stamp=node_modules/.sagews-lock-stamp
+want=$(sha256sum package-lock.json | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+fi
+rm -rf vendor.tmp
+mkdir -p vendor.tmp/codemirror/mode vendor.tmp/codemirror/addon vendor.tmp/katex vendor.tmp/sockjs
+cp node_modules/sockjs-client/dist/sockjs.min.js vendor.tmp/sockjs/
+cp node_modules/codemirror/lib/codemirror.js node_modules/codemirror/lib/codemirror.css vendor.tmp/codemirror/
+cp -r node_modules/codemirror/mode/python vendor.tmp/codemirror/mode/
+cp node_modules/codemirror/addon/edit/matchbrackets.js vendor.tmp/codemirror/addon/
+cp node_modules/katex/dist/katex.min.js node_modules/katex/dist/katex.min.css vendor.tmp/katex/
+cp -r node_modules/katex/dist/fonts vendor.tmp/katex/
+for p in sockjs-client codemirror katex; do
+  node -e "const p=require('./node_modules/$p/package.json'); console.log(p.name+' '+p.version+' '+p.license)"
+done > vendor.tmp/VERSIONS
+rm -rf vendor && mv vendor.tmp vendor
+echo "static: vendor/ built ($(tr '\n' ';' < vendor/VERSIONS))"
