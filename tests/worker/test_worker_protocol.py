@@ -46,6 +46,9 @@ def test_client_without_certificate_gets_nothing(worker: WorkerProc, tmp_path: o
     _gets_nothing(lambda: _raw_tls(worker, None, None, ca))
     rogue = DevCA(f"{tmp_path}/rogue", name="rogue CA").issue("backend", server=False)
     _gets_nothing(lambda: _raw_tls(worker, str(rogue.cert), str(rogue.key), ca))
+    # a certificate from our CA that is not for clients (server-only extended key usage) is refused too
+    server_only = worker.pki.issue("some-server", client=False)
+    _gets_nothing(lambda: _raw_tls(worker, str(server_only.cert), str(server_only.key), ca))
     # and plain TCP gets nothing either
     with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as s:
         s.sendall(encode({"type": "hello", "id": 1, "versions": [1]}))
