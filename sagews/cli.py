@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("sagews.cli:version", "print the sagews version"),
     "worker": ("sagews.worker.__main__:serve_main", "run the compute worker (TLS server, as root)"),
     "worker-call": ("sagews.worker.__main__:call_main", "send one request to a worker and print the replies"),
+    "db": ("sagews.db.cli:main", "database schema migrations (upgrade, current, heads)"),
 }
 
 
