@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +46,7 @@ PROTOCOL_VERSIONS = (1,)
 CHUNK = 65536
 FRAME_BODY_TIMEOUT = 60.0  # a started frame must be complete within this (slow or stuck peers)
 ENGINE_FRAME_MAX = 64 * 1024 * 1024
+COMMIT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 MAX_QUEUED = 100  # executions waiting for a busy session
 FILE_OPS = {"ls", "read", "write", "rename", "delete", "history"}
 
@@ -849,6 +851,9 @@ class Worker:
         marker = bdir / "saved"
         last = marker.read_text().strip() if marker.exists() else None
         res = await session.op("save", {"message": message, "last": last})
+        # the helper ran as the workspace user: check what we are going to store as root
+        if not isinstance(res.get("commit"), str) or not COMMIT_ID.match(res["commit"]):
+            raise ProtocolError("git", "save produced no valid commit id")
         reply: dict[str, Any] = {"commit": res["commit"], "bundle": None, "base": False, "size": 0}
         if res["bundle"] is None:
             reply["unchanged"] = True
@@ -878,6 +883,8 @@ class Worker:
             await session.stop_engine("restoring")
             try:
                 res = await session.op("restore", {"bundles": bundles})
+                if not isinstance(res.get("commit"), str) or not COMMIT_ID.match(res["commit"]):
+                    raise ProtocolError("git", "restore produced no valid commit id")
             finally:
                 await session.start_engine()
         (bdir / "saved").write_text(res["commit"])
