@@ -899,6 +899,7 @@ class Worker:
                 if k in {"MemTotal", "MemAvailable"}:
                     mem[k] = int(v.split()[0]) * 1024
         pressure = None
+        now = time.monotonic()
         with contextlib.suppress(OSError), open("/proc/pressure/cpu") as fh:
             pressure = fh.readline().strip()
         return {
@@ -914,6 +915,20 @@ class Worker:
             "mem_available": mem.get("MemAvailable"),
             "uptime": round(time.time() - self.started, 3),
             "stopping": self.stopping,
+            "session_list": [
+                {
+                    "session": s.id,
+                    "workspace": s.workspace,
+                    "user": s.account.name,
+                    "engine": s.engine_name,
+                    "alive": s.alive,
+                    "running": s.current is not None,
+                    "executions": s.executions,
+                    "idle": round(now - s.last_activity, 3),
+                    "over_quota": s.over_quota,
+                }
+                for s in list(self.sessions.values())[:1000]
+            ],
         }
 
     async def shutdown(self) -> None:

@@ -27,6 +27,14 @@ def test_hello_and_status(client: WorkerClient) -> None:
     assert len(st["load"]) == 3
 
 
+def test_status_lists_sessions(client: WorkerClient, session: str) -> None:
+    client.execute(session, "1")
+    entry = next(s for s in client.request("status")["session_list"] if s["session"] == session)
+    assert entry["alive"] is True
+    assert entry["executions"] >= 1
+    assert entry["user"].startswith("sagews_")
+
+
 def test_result_stdout_stderr(client: WorkerClient, session: str) -> None:
     r = client.execute(session, "import sys\nprint('out')\nprint('err', file=sys.stderr)\nx = 20\nx + 22")
     assert r["stdout"] == "out\n"
