@@ -1,0 +1,250 @@
+// Pages: login/sign-up, workspace list, workspace view (file tree, editors, history, sharing, publishing).
+// Routes (hash): #/login, #/ (workspace list), #/w/<id>[/<path>].
+"use strict";
+(function () {
+  const SW = (window.SW = window.SW || {});
+  const { el, clear, $, fmtTime, fmtSize, debounce, dialog, confirmDialog } = SW.util;
+  const api = SW.api;
+  const root = () => $("#app");
+  const state = { user: null, conn: null, ws: null };
+
+  // ---- messages shown to the user (server errors in words)
+  function flash(msg, kind) {
+    const box = $("#flash");
+    const n = el("div", { class: "flash " + (kind || "error"), role: kind === "info" ? "status" : "alert" }, msg, el("button", { class: "close", "aria-label": "Dismiss", onclick: () => n.remove() }, "×"));
+    box.appendChild(n);
+    if (kind === "info") setTimeout(() => n.remove(), 6000);
+  }
+  function describe(e) {
+    if (!e) return "Unknown error";
+    const words = {
+      offline: "Not connected to the server; retrying.",
+      disconnected: "The connection dropped before the server answered.",
+      path_refused: "That path is not allowed.",
+      not_found: "Not found.",
+      quota: "The workspace is over its disk quota.",
+      forbidden: "You do not have permission to do that.",
+      http_403: "You do not have permission to do that (or the page is stale: reload).",
+      nothing_to_save: "Nothing changed since the last version.",
+    };
+    return (e.message && e.message !== e.code ? e.message : words[e.code]) || words[e.code] || String(e.message || e);
+  }
+  async function guard(promise, okMsg) {
+    try {
+      const r = await promise;
+      if (okMsg) flash(okMsg, "info");
+      return r;
+    } catch (e) {
+      flash(describe(e));
+      throw e;
+    }
+  }
+
+  function topbar(...extra) {
+    return el(
+      "header",
+      { class: "topbar" },
+      el("a", { href: "#/", class: "brand" }, "Sage Workspaces"),
+      el("span", { class: "spacer" }),
+      ...extra,
+      state.user ? el("span", { class: "me" }, state.user.name) : null,
+      state.user ? el("button", { class: "secondary", id: "logout", onclick: logout }, "Log out") : null,
+    );
+  }
+
+  // ---- login / sign-up
+  function renderLogin() {
+    const user = el("input", { id: "username", name: "username", autocomplete: "username", required: true });
+    const pass = el("input", { id: "password", name: "password", type: "password", autocomplete: "current-password", required: true });
+    const form = el(
+      "form",
+      { class: "card login", "aria-label": "Log in or sign up" },
+      el("h1", {}, "Sage Workspaces"),
+      el("label", { for: "username" }, "User name"),
+      user,
+      el("label", { for: "password" }, "Password"),
+      pass,
+      el("div", { class: "buttons" }, el("button", { type: "submit", id: "login" }, "Log in"), el("button", { type: "button", id: "signup", class: "secondary" }, "Sign up")),
+    );
+    const go = async (fn) => {
+      try {
+        const r = await fn(user.value.trim(), pass.value);
+        state.user = r.user || { name: user.value.trim() };
+        location.hash = "#/";
+        route();
+      } catch (e) {
+        flash(describe(e));
+      }
+    };
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      go(api.login);
+    });
+    form.querySelector("#signup").addEventListener("click", () => {
+      if (form.reportValidity()) go(api.signup);
+    });
+    clear(root()).append(topbar(), el("main", { class: "center" }, form));
+    user.focus();
+  }
+
+  async function logout() {
+    try {
+      await api.logout();
+    } catch (e) {
+      /* logged out locally anyway */
+    }
+    state.user = null;
+    if (state.conn) state.conn.close();
+    state.conn = null;
+    location.hash = "#/login";
+    route();
+  }
+
+  // ---- workspace list
+  async function renderList() {
+    const tbody = el("tbody");
+    const name = el("input", { id: "new-ws-name", placeholder: "New workspace name", "aria-label": "New workspace name", required: true });
+    const create = el("form", { class: "inline", id: "create-ws" }, name, el("button", { type: "submit" }, "Create"));
+    create.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const r = await guard(api.createWorkspace(name.value.trim()));
+      const w = r.workspace || r;
+      location.hash = "#/w/" + encodeURIComponent(w.id);
+    });
+    const table = el("table", { class: "ws-list" }, el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Owner"), el("th", {}, "Your role"), el("th", {}, "Last activity"), el("th", {}, "Actions"))), tbody);
+    clear(root()).append(topbar(), el("main", { class: "page" }, el("h1", {}, "Your workspaces"), create, table));
+    let list;
+    try {
+      list = (await api.workspaces()).workspaces || [];
+    } catch (e) {
+      if (e.status === 401) return showLogin();
+      flash(describe(e));
+      return;
+    }
+    if (!list.length) tbody.appendChild(el("tr", {}, el("td", { colspan: "5", class: "empty" }, "No workspaces yet: create one above.")));
+    for (const w of list) tbody.appendChild(wsRow(w));
+  }
+
+  function wsRow(w) {
+    const owner = w.role === "owner";
+    const act = (label, fn, cls) => el("button", { class: "secondary " + (cls || ""), onclick: fn }, label);
+    return el(
+      "tr",
+      { dataset: { ws: w.id } },
+      el("td", {}, el("a", { href: "#/w/" + encodeURIComponent(w.id), class: "ws-name" }, w.name)),
+      el("td", {}, w.owner || ""),
+      el("td", {}, w.role || ""),
+      el("td", {}, fmtTime(w.last_activity)),
+      el(
+        "td",
+        { class: "actions" },
+        owner
+          ? act("Rename", async () => {
+              const r = await dialog("Rename workspace", [{ name: "name", label: "New name", value: w.name }], "Rename");
+              if (r) await guard(api.renameWorkspace(w.id, r.name)).then(renderList);
+            })
+          : null,
+        act("Copy", async () => {
+          const r = await dialog("Copy workspace", [{ name: "name", label: "Name of the copy", value: w.name + " (copy)" }], "Copy");
+          if (r) await guard(api.copyWorkspace(w.id, r.name), "Copied.").then(renderList);
+        }),
+        owner ? act("Share", () => shareDialog(w)) : null,
+        owner
+          ? act(
+              "Delete",
+              async () => {
+                if (await confirmDialog("Delete workspace “" + w.name + "” and all its files?")) await guard(api.deleteWorkspace(w.id), "Deleted.").then(renderList);
+              },
+              "danger",
+            )
+          : null,
+      ),
+    );
+  }
+
+  async function shareDialog(w) {
+    let members = [];
+    try {
+      members = (await api.members(w.id)).members || [];
+    } catch (e) {
+      /* shown empty */
+    }
+    const current = members.length ? "Shared with: " + members.map((m) => m.name + " (" + m.role + ")").join(", ") : "Not shared yet.";
+    const r = await dialog(
+      "Share “" + w.name + "”. " + current,
+      [
+        { name: "username", label: "User name" },
+        { name: "role", label: "Role", options: ["editor", "viewer", "none"], value: "viewer" },
+      ],
+      "Share",
+    );
+    if (r && r.username) await guard(api.share(w.id, r.username.trim(), r.role), r.role === "none" ? "Share removed." : "Shared with " + r.username + " as " + r.role + ".");
+  }
+
+  // ---- connection status shared by workspace pages
+  function ensureConn() {
+    if (state.conn) return state.conn;
+    const conn = new SW.Conn("/sockjs");
+    conn.on("state", (s) => {
+      const b = $("#conn-state");
+      if (b) {
+        b.textContent = { connecting: "connecting…", open: "connected", reconnecting: "reconnecting…", closed: "disconnected" }[s];
+        b.className = "conn " + s;
+      }
+      if (state.ws) state.ws.onConnState(s);
+    });
+    conn.on("open", () => state.ws && state.ws.onReconnect());
+    conn.on("presence", (m) => state.ws && state.ws.onPresence(m));
+    conn.on("error", (e) => flash("Server error: " + describe(e)));
+    conn.on("unauthorized", () => showLogin());
+    conn.on("quota", (m) => flash(m.message || "The workspace is over its disk quota."));
+    conn.on("closed", () => state.ws && state.ws.onReconnect());
+    state.conn = conn;
+    return conn;
+  }
+
+  function showLogin() {
+    state.user = null;
+    location.hash = "#/login";
+    renderLogin();
+  }
+
+  // ---- routing
+  async function route() {
+    const h = location.hash.replace(/^#/, "") || "/";
+    if (state.ws && !h.startsWith("/w/" + encodeURIComponent(state.ws.id))) {
+      state.ws.leave();
+      state.ws = null;
+    }
+    if (!state.user) {
+      try {
+        state.user = (await api.me()).user || null;
+      } catch (e) {
+        if (e.code !== "http_401") flash(describe(e));
+      }
+    }
+    if (!state.user) return renderLogin();
+    if (h === "/login") {
+      location.hash = "#/";
+      return;
+    }
+    const m = h.match(/^\/w\/([^/]+)(?:\/(.*))?$/);
+    if (m) {
+      const id = decodeURIComponent(m[1]);
+      const path = m[2] ? decodeURIComponent(m[2]) : null;
+      if (state.ws && state.ws.id === id) return state.ws.openPath(path);
+      state.ws = new SW.WorkspaceView({ id, path, root: root(), conn: ensureConn(), user: state.user, topbar, flash, describe, guard });
+      return;
+    }
+    renderList();
+  }
+
+  // Errors already shown by guard() are not "unhandled".
+  window.addEventListener("unhandledrejection", (ev) => {
+    if (ev.reason instanceof SW.ApiError) ev.preventDefault();
+  });
+
+  SW.app = { flash, describe, guard, state, route };
+  window.addEventListener("hashchange", route);
+  window.addEventListener("DOMContentLoaded", route);
+})();

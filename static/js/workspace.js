@@ -1,0 +1,447 @@
+// The workspace page: file tree, one open document, save state, history, presence, publish.
+"use strict";
+(function () {
+  const SW = (window.SW = window.SW || {});
+  const { el, clear, fmtTime, fmtSize, debounce, dialog, confirmDialog, b64FromBytes, bytesFromB64, downloadBlob } = SW.util;
+  const api = SW.api;
+  const AUTOSAVE_MS = 1500;
+  const draftKey = (ws, path) => "sagews:draft:" + ws + ":" + path;
+
+  function join(dir, name) {
+    return dir === "." || !dir ? name : dir + "/" + name;
+  }
+  function validName(n) {
+    return n && !n.includes("/") && n !== "." && n !== ".." && !n.startsWith(".git");
+  }
+
+  class WorkspaceView {
+    constructor(o) {
+      Object.assign(this, o);
+      this.session = SW.session(this.conn, this.id);
+      this.dir = ".";
+      this.doc = null;
+      this.dirty = false;
+      this.saving = false;
+      this.started = false;
+      this.role = "viewer";
+      this.autosave = debounce(() => this.write(), AUTOSAVE_MS);
+      this.build();
+      if (this.conn.state === "open") this.start();
+      this.onConnState(this.conn.state);
+    }
+
+    get readOnly() {
+      return this.role === "viewer";
+    }
+
+    build() {
+      this.nameEl = el("span", { class: "ws-title" }, "…");
+      this.presenceEl = el("span", { class: "presence", "aria-label": "Who is here" });
+      this.connEl = el("span", { id: "conn-state", class: "conn", role: "status" }, "connecting…");
+      this.roleEl = el("span", { class: "role-badge" });
+      this.treeEl = el("ul", { class: "tree", "aria-label": "Files" });
+      this.crumbEl = el("div", { class: "crumbs" });
+      this.treeTools = el("div", { class: "tree-tools" });
+      this.docHead = el("div", { class: "doc-head" });
+      this.docBox = el("div", { class: "doc-box" });
+      this.saveEl = el("span", { id: "save-state", class: "save-state", role: "status", dataset: { state: "saved" } }, "");
+      this.historyEl = el("aside", { class: "history", hidden: true, "aria-label": "History" });
+      this.upload = el("input", { type: "file", class: "hidden-input", "aria-label": "Upload a file", multiple: true, onchange: () => this.doUpload() });
+      const dl = (fmt, label) => el("a", { class: "button secondary", href: api.downloadUrl(this.id, fmt), download: "" }, label);
+      clear(this.root).append(
+        this.topbar(this.presenceEl, this.connEl),
+        el(
+          "div",
+          { class: "ws-bar" },
+          el("a", { href: "#/", class: "back" }, "← Workspaces"),
+          this.nameEl,
+          this.roleEl,
+          el("span", { class: "spacer" }),
+          dl("bundle", "Download .bundle"),
+          dl("zip", "Download .zip"),
+        ),
+        el("div", { class: "ws-main" }, el("nav", { class: "files" }, this.treeTools, this.crumbEl, this.treeEl, this.upload), el("main", { class: "doc" }, this.docHead, this.docBox), this.historyEl),
+      );
+      api.workspace(this.id).then(
+        (r) => {
+          const w = r.workspace || r;
+          this.nameEl.textContent = w.name || this.id;
+          document.title = (w.name || this.id) + " — Sage Workspaces";
+        },
+        () => (this.nameEl.textContent = this.id),
+      );
+    }
+
+    async start() {
+      let info;
+      try {
+        info = await this.session.open();
+      } catch (e) {
+        this.flash("Could not open the workspace: " + this.describe(e));
+        return;
+      }
+      this.started = true;
+      this.role = info.role || "owner";
+      this.roleEl.textContent = this.readOnly ? "read-only (viewer)" : this.role;
+      this.roleEl.className = "role-badge " + this.role;
+      document.body.classList.toggle("read-only", this.readOnly);
+      this.onPresence({ users: info.presence || info.members || [] });
+      this.renderTreeTools();
+      await this.refreshTree();
+      if (this.doc) {
+        // reconnect: the open document stays as it is in memory; push unsaved edits
+        if (this.dirty) this.write();
+        this.doc.ctx.readOnly = this.readOnly;
+      } else {
+        await this.openPath(this.path);
+      }
+    }
+
+    onReconnect() {
+      this.start();
+    }
+
+    onConnState(s) {
+      this.connEl.textContent = { connecting: "connecting…", open: "connected", reconnecting: "reconnecting…", closed: "disconnected" }[s];
+      this.connEl.className = "conn " + s;
+      this.showSaveState();
+    }
+
+    onPresence(m) {
+      const users = (m.users || []).map((u) => (typeof u === "string" ? u : u.name));
+      clear(this.presenceEl);
+      if (users.length) this.presenceEl.append("Here: ", ...users.map((u) => el("span", { class: "user" }, u)));
+    }
+
+    leave() {
+      if (this.dirty) this.write();
+      document.body.classList.remove("read-only");
+    }
+
+    renderTreeTools() {
+      clear(this.treeTools);
+      if (this.readOnly) return;
+      const b = (label, fn, id) => el("button", { class: "secondary small", id, onclick: fn }, label);
+      this.treeTools.append(
+        b("New worksheet", () => this.create("worksheet"), "new-worksheet"),
+        b("New file", () => this.create("file"), "new-file"),
+        b("New folder", () => this.create("folder"), "new-folder"),
+        b("Upload", () => this.upload.click(), "upload"),
+      );
+    }
+
+    async refreshTree() {
+      let r;
+      try {
+        r = await this.session.ls(this.dir);
+      } catch (e) {
+        this.flash("Could not list files: " + this.describe(e));
+        return;
+      }
+      clear(this.crumbEl);
+      const parts = this.dir === "." ? [] : this.dir.split("/");
+      this.crumbEl.append(el("button", { class: "link", onclick: () => this.cd(".") }, "/"));
+      parts.forEach((p, i) => this.crumbEl.append(" ", el("button", { class: "link", onclick: () => this.cd(parts.slice(0, i + 1).join("/")) }, p), " /"));
+      clear(this.treeEl);
+      const entries = (r.entries || []).filter((e) => e.name !== ".git" && e.name !== ".keep");
+      entries.sort((a, b) => (b.type === "dir") - (a.type === "dir") || a.name.localeCompare(b.name));
+      if (!entries.length) this.treeEl.append(el("li", { class: "empty" }, "No files yet."));
+      for (const e of entries) this.treeEl.append(this.entryRow(e));
+    }
+
+    cd(dir) {
+      this.dir = dir;
+      this.refreshTree();
+    }
+
+    entryRow(e) {
+      const path = join(this.dir, e.name);
+      const open = e.type === "dir" ? () => this.cd(path) : () => (location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(path));
+      const icon = e.type === "dir" ? "📁 " : SW.editor.isWorksheet(e.name) ? "📓 " : "📄 ";
+      const b = (label, fn, title) => el("button", { class: "icon", title: title + " " + e.name, "aria-label": title + " " + e.name, onclick: fn }, label);
+      return el(
+        "li",
+        { class: "entry " + e.type + (this.doc && this.doc.path === path ? " current" : ""), dataset: { path } },
+        el("button", { class: "link name", onclick: open }, icon, e.name),
+        el("span", { class: "size" }, e.type === "dir" ? "" : fmtSize(e.size)),
+        e.type !== "dir" ? b("⤓", () => this.download(path), "Download") : null,
+        this.readOnly ? null : b("✎", () => this.rename(path, e.name), "Rename"),
+        this.readOnly ? null : b("🗑", () => this.remove(path, e.name), "Delete"),
+      );
+    }
+
+    async create(kind) {
+      const def = { worksheet: "untitled.sagews", file: "untitled.txt", folder: "folder" }[kind];
+      const r = await dialog("New " + kind, [{ name: "name", label: "Name", value: def }], "Create");
+      if (!r) return;
+      let name = r.name.trim();
+      if (!validName(name)) return this.flash("Not a valid name: " + name);
+      if (kind === "worksheet" && !name.endsWith(".sagews")) name += ".sagews";
+      const path = join(this.dir, name);
+      if (kind === "folder") await this.guard(this.session.mkdir(path));
+      else {
+        const text = kind === "worksheet" ? SW.worksheet.serialize({ cells: [{ id: SW.worksheet.newId(), engine: "sage", input: "", outputs: [] }] }) : "";
+        await this.guard(this.session.write(path, { text }));
+      }
+      await this.refreshTree();
+      if (kind !== "folder") location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(path);
+    }
+
+    async rename(path, name) {
+      const r = await dialog("Rename " + name, [{ name: "name", label: "New name", value: name }], "Rename");
+      if (!r || !validName(r.name.trim())) return;
+      const dst = join(this.dir, r.name.trim());
+      await this.guard(this.session.rename(path, dst));
+      if (this.doc && this.doc.path === path) location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(dst);
+      this.refreshTree();
+    }
+
+    async remove(path, name) {
+      if (!(await confirmDialog("Delete " + name + "?"))) return;
+      await this.guard(this.session.remove(path));
+      if (this.doc && this.doc.path === path) {
+        this.closeDoc();
+        location.hash = "#/w/" + encodeURIComponent(this.id);
+      }
+      this.refreshTree();
+    }
+
+    async download(path) {
+      const r = await this.guard(this.session.read(path));
+      const blob = r.b64 !== undefined ? new Blob([bytesFromB64(r.b64)]) : new Blob([r.text], { type: "text/plain" });
+      downloadBlob(blob, path.split("/").pop());
+    }
+
+    async doUpload() {
+      for (const f of this.upload.files) {
+        const bytes = new Uint8Array(await f.arrayBuffer());
+        if (!validName(f.name)) {
+          this.flash("Not a valid file name: " + f.name);
+          continue;
+        }
+        await this.guard(this.session.write(join(this.dir, f.name), { b64: b64FromBytes(bytes) }), "Uploaded " + f.name + ".");
+      }
+      this.upload.value = "";
+      this.refreshTree();
+    }
+
+    // ---- the open document
+    closeDoc() {
+      this.autosave.cancel();
+      this.doc = null;
+      this.dirty = false;
+      clear(this.docHead);
+      clear(this.docBox);
+    }
+
+    async openPath(path) {
+      if (this.doc && this.doc.path === path) return;
+      if (this.dirty) await this.write();
+      this.closeDoc();
+      this.path = path;
+      if (!path) {
+        this.docBox.append(el("p", { class: "hint" }, "Open a file on the left, or create a new worksheet."));
+        return;
+      }
+      if (!this.started) return; // start() opens it once connected
+      let r;
+      try {
+        r = await this.session.read(path);
+      } catch (e) {
+        this.docBox.append(el("p", { class: "hint" }, "Cannot open " + path + ": " + this.describe(e)));
+        return;
+      }
+      if (r.b64 !== undefined) {
+        this.docHead.append(el("h2", {}, path));
+        this.docBox.append(el("p", { class: "hint" }, "Binary file (" + fmtSize(r.size) + "). ", el("button", { class: "secondary", onclick: () => this.download(path) }, "Download")));
+        return;
+      }
+      let text = r.text;
+      const draft = localStorage.getItem(draftKey(this.id, path));
+      const restoredDraft = draft !== null && draft !== text && !this.readOnly;
+      if (restoredDraft) text = draft;
+      const ctx = {
+        readOnly: this.readOnly,
+        onChange: () => this.changed(),
+        onSave: () => this.saveVersion(),
+        exec: (code, engine, onFrame) => this.session.exec(code, engine, onFrame),
+      };
+      const Doc = SW.editor.isWorksheet(path) ? SW.editor.WorksheetDoc : SW.editor.TextDoc;
+      this.renderDocHead(path, Doc === SW.editor.WorksheetDoc);
+      this.doc = new Doc(this.docBox, path, text, ctx);
+      this.serverText = r.text;
+      this.dirty = false;
+      if (restoredDraft) {
+        this.flash("Restored your unsaved edits to " + path + " from this browser.", "info");
+        this.changed();
+      }
+      this.showSaveState();
+      for (const li of this.treeEl.querySelectorAll("li.entry")) li.classList.toggle("current", li.dataset.path === path);
+      if (!this.readOnly) this.doc.focus();
+    }
+
+    renderDocHead(path, isWs) {
+      const b = (label, fn, id, cls) => el("button", { class: cls || "secondary", id, onclick: fn }, label);
+      const ro = this.readOnly;
+      this.docHead.append(
+        el("h2", { class: "doc-path" }, path),
+        this.saveEl,
+        ro ? null : b("Save version", () => this.saveVersion(), "save", "primary"),
+        isWs && !ro ? b("■ Interrupt", () => this.guard(this.session.interrupt()), "interrupt") : null,
+        isWs && !ro ? b("↻ Restart", () => this.guard(this.session.restart(), "Engine restarted."), "restart") : null,
+        b("History", () => this.toggleHistory(), "history-btn"),
+        ro ? null : b("Publish", () => this.publish(), "publish"),
+        ro ? null : b("Unpublish", () => this.unpublish(), "unpublish"),
+        el("span", { class: "pub-link" }),
+      );
+    }
+
+    changed() {
+      if (this.readOnly || !this.doc) return;
+      this.dirty = true;
+      try {
+        localStorage.setItem(draftKey(this.id, this.doc.path), this.doc.getText());
+      } catch (e) {
+        /* storage full: the in-memory copy remains */
+      }
+      this.showSaveState();
+      this.autosave();
+    }
+
+    showSaveState() {
+      let s;
+      if (!this.doc || this.readOnly) s = this.readOnly ? "read-only" : "saved";
+      else if (this.conn.state !== "open" && this.dirty) s = "offline";
+      else if (this.saving) s = "saving";
+      else if (this.dirty) s = "unsaved";
+      else s = "saved";
+      this.saveEl.dataset.state = s;
+      this.saveEl.textContent = { saved: "Saved", saving: "Saving…", unsaved: "Unsaved changes", offline: "Offline — edits kept in this browser", "read-only": "Read-only" }[s];
+    }
+
+    // Write the open document to the workspace (autosave). Returns true when the server has it.
+    async write() {
+      if (!this.doc || this.readOnly || !this.dirty) return true;
+      if (this.saving) return this.writing;
+      this.autosave.cancel();
+      const doc = this.doc;
+      const text = doc.getText();
+      this.saving = true;
+      this.showSaveState();
+      this.writing = (async () => {
+        try {
+          await this.session.write(doc.path, { text });
+          if (this.doc === doc && doc.getText() === text) {
+            this.dirty = false;
+            localStorage.removeItem(draftKey(this.id, doc.path));
+          }
+          return true;
+        } catch (e) {
+          if (e.code !== "offline" && e.code !== "disconnected") this.flash("Could not save " + doc.path + ": " + this.describe(e));
+          return false;
+        } finally {
+          this.saving = false;
+          this.showSaveState();
+          if (this.dirty && this.doc === doc && this.conn.state === "open") this.autosave();
+        }
+      })();
+      return this.writing;
+    }
+
+    // Save = write + commit a version (git) so it shows in History.
+    async saveVersion(message) {
+      if (this.readOnly) return;
+      if (this.saving) await this.writing;
+      if (!(await this.write())) return;
+      try {
+        const r = await this.session.save(message || "Save " + (this.doc ? this.doc.path : "workspace"));
+        this.flash(r.unchanged ? "No changes since the last version." : "Saved version " + String(r.commit || "").slice(0, 8) + ".", "info");
+      } catch (e) {
+        if (e.code !== "nothing_to_save") return this.flash("Could not save a version: " + this.describe(e));
+      }
+      if (!this.historyEl.hidden) this.loadHistory();
+    }
+
+    // ---- history
+    toggleHistory() {
+      this.historyEl.hidden = !this.historyEl.hidden;
+      if (!this.historyEl.hidden) this.loadHistory();
+    }
+
+    async loadHistory() {
+      clear(this.historyEl).append(el("h2", {}, "History"), el("p", { class: "hint" }, "Loading…"));
+      let r;
+      try {
+        r = await this.session.history(100);
+      } catch (e) {
+        clear(this.historyEl).append(el("h2", {}, "History"), el("p", { class: "hint" }, this.describe(e)));
+        return;
+      }
+      const ul = el("ul", { class: "commits" });
+      for (const c of r.commits || []) {
+        ul.append(
+          el(
+            "li",
+            { dataset: { commit: c.commit } },
+            el("button", { class: "link commit", onclick: () => this.preview(c) }, c.message || "(no message)"),
+            el("div", { class: "meta" }, String(c.commit).slice(0, 8), " · ", c.author || "", " · ", fmtTime(c.date)),
+          ),
+        );
+      }
+      this.previewEl = el("div", { class: "preview" });
+      clear(this.historyEl).append(el("h2", {}, "History"), el("button", { class: "secondary small", onclick: () => (this.historyEl.hidden = true) }, "Close"), ul, this.previewEl);
+      if (!(r.commits || []).length) ul.append(el("li", { class: "empty" }, "No saved versions yet."));
+    }
+
+    async preview(c) {
+      if (!this.doc) return this.flash("Open a file to see its old versions.");
+      const path = this.doc.path;
+      clear(this.previewEl);
+      let r;
+      try {
+        r = await this.session.read(path, c.commit);
+      } catch (e) {
+        this.previewEl.append(el("p", { class: "hint" }, path + " at " + String(c.commit).slice(0, 8) + ": " + this.describe(e)));
+        return;
+      }
+      const body = el("div", { class: "preview-body" });
+      if (SW.editor.isWorksheet(path) && r.text !== undefined) {
+        for (const cell of SW.worksheet.parse(r.text).cells) {
+          const out = el("div", { class: "cell-output" });
+          const v = new SW.worksheet.OutputView(out);
+          cell.outputs.forEach((f) => v.add(f));
+          body.append(el("pre", { class: "cell-src" }, cell.input), out);
+        }
+      } else body.append(el("pre", {}, r.text !== undefined ? r.text : "(binary)"));
+      this.previewEl.append(
+        el("h3", {}, path + " at " + String(c.commit).slice(0, 8)),
+        this.readOnly || r.text === undefined ? null : el("button", { id: "restore-version", onclick: () => this.restore(path, r.text, c) }, "Restore this version"),
+        body,
+      );
+    }
+
+    async restore(path, text, c) {
+      if (!this.doc || this.doc.path !== path) return;
+      this.doc.setText(text);
+      this.changed();
+      await this.saveVersion("Restore " + path + " to " + String(c.commit).slice(0, 8));
+    }
+
+    // ---- publishing
+    async publish() {
+      if (!this.doc) return;
+      if (this.dirty) await this.saveVersion();
+      const r = await this.guard(api.publish(this.id, this.doc.path));
+      const link = this.docHead.querySelector(".pub-link");
+      clear(link).append("Published: ", el("a", { href: r.url, target: "_blank", rel: "noopener", id: "pub-url" }, r.url));
+    }
+
+    async unpublish() {
+      if (!this.doc) return;
+      await this.guard(api.unpublish(this.id, this.doc.path), "Unpublished.");
+      clear(this.docHead.querySelector(".pub-link"));
+    }
+  }
+
+  SW.WorkspaceView = WorkspaceView;
+})();
