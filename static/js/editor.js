@@ -54,6 +54,21 @@
       this.status = el("span", { class: "cell-status", role: "status", "aria-live": "polite" });
       this.runBtn = el("button", { class: "run", title: "Run (Shift-Enter)", disabled: ro, onclick: () => this.run(false) }, "▶ Run");
       this.outBox = el("div", { class: "cell-output", "aria-label": "Output", "aria-live": "polite" });
+      this.engineSel = el(
+        "select",
+        {
+          class: "engine",
+          "aria-label": "Engine",
+          disabled: ro,
+          onchange: () => {
+            this.data.engine = this.engineSel.value;
+            doc.ctx.onChange();
+          },
+        },
+        el("option", { value: "sage" }, "Sage"),
+        el("option", { value: "python" }, "Python"),
+      );
+      this.engineSel.value = data.engine === "python" ? "python" : "sage";
       this.inBox = el("div", { class: "cell-input" });
       const tools = el(
         "div",
@@ -61,6 +76,7 @@
         this.runBtn,
         el("button", { class: "secondary add-below", title: "Insert a cell below (Alt-Enter runs and inserts)", disabled: ro, onclick: () => doc.insertAfter(this, true) }, "+ Cell"),
         el("button", { class: "secondary del-cell", title: "Delete this cell", disabled: ro, onclick: () => doc.removeCell(this) }, "✕"),
+        this.engineSel,
         this.status,
       );
       this.node = el("section", { class: "cell", tabindex: "-1", dataset: { cellId: data.id } }, this.inBox, tools, this.outBox);
@@ -109,11 +125,15 @@
       this.view.reset();
       this.setRunning(true, "queued…");
       doc.ctx.onChange();
+      let cut = false;
       const collect = (f) => {
         this.setRunning(true, "running…");
         const { re, id, session, ...frame } = f; // eslint-disable-line no-unused-vars
         if (this.view.add(frame)) this.data.outputs.push(frame);
-        else if (!this.data.outputs.some((o) => o.type === "truncated")) this.data.outputs.push({ type: "stream", name: "stderr", text: "[output truncated in the browser]\n" });
+        else if (!cut) {
+          cut = true;
+          this.data.outputs.push({ type: "stream", name: "stderr", text: "[output truncated in the browser]\n" });
+        }
       };
       let final;
       try {
