@@ -1,0 +1,4 @@
+"""The sagews log server (issue 6) and the logging handler every service installs.
+
+See docs/protocol-logserver.md.
+"""

@@ -1,0 +1,4 @@
+from sagews.logserver.server import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
