@@ -165,6 +165,8 @@
       clear(this.box);
       this.cells = WS.parse(text).cells.map((d) => new Cell(this, d));
       for (const c of this.cells) this.box.appendChild(c.node);
+      // CodeMirror measures itself when created; these were created before being attached
+      for (const c of this.cells) c.cm.refresh();
     }
 
     getText() {

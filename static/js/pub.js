@@ -7,7 +7,7 @@
   function render(box, data) {
     clear(box);
     document.title = data.path + " — published on Sage Workspaces";
-    box.append(el("h1", { class: "doc-path" }, data.path), data.workspace ? el("p", { class: "hint" }, "From workspace ", data.workspace, data.published ? " · published " + SW.util.fmtTime(data.published) : "") : null);
+    SW.util.append(box, [el("h1", { class: "doc-path" }, data.path), data.workspace ? el("p", { class: "hint" }, "From workspace ", data.workspace, data.published ? " · published " + SW.util.fmtTime(data.published) : "") : null]);
     if (/\.sagews$/.test(data.path)) {
       for (const c of SW.worksheet.parse(data.text).cells) {
         const out = el("div", { class: "cell-output" });

@@ -283,7 +283,7 @@
     renderDocHead(path, isWs) {
       const b = (label, fn, id, cls) => el("button", { class: cls || "secondary", id, onclick: fn }, label);
       const ro = this.readOnly;
-      this.docHead.append(
+      SW.util.append(this.docHead, [
         el("h2", { class: "doc-path" }, path),
         this.saveEl,
         ro ? null : b("Save version", () => this.saveVersion(), "save", "primary"),
@@ -293,7 +293,7 @@
         ro ? null : b("Publish", () => this.publish(), "publish"),
         ro ? null : b("Unpublish", () => this.unpublish(), "unpublish"),
         el("span", { class: "pub-link" }),
-      );
+      ]);
     }
 
     changed() {
@@ -413,11 +413,11 @@
           body.append(el("pre", { class: "cell-src" }, cell.input), out);
         }
       } else body.append(el("pre", {}, r.text !== undefined ? r.text : "(binary)"));
-      this.previewEl.append(
+      SW.util.append(this.previewEl, [
         el("h3", {}, path + " at " + String(c.commit).slice(0, 8)),
         this.readOnly || r.text === undefined ? null : el("button", { id: "restore-version", onclick: () => this.restore(path, r.text, c) }, "Restore this version"),
         body,
-      );
+      ]);
     }
 
     async restore(path, text, c) {

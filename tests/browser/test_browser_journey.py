@@ -36,7 +36,9 @@ PY_PLOT = "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as
 
 
 def dev_available() -> str | None:
-    """None when `sagews dev` exists, else the reason to skip."""
+    """None when `sagews dev` exists (or SAGEWS_DEV_CMD names another server), else the reason to skip."""
+    if os.environ.get("SAGEWS_DEV_CMD"):
+        return None
     if not Path(SAGEWS).exists():
         return f"{SAGEWS} not found"
     r = subprocess.run([SAGEWS, "dev", "--help"], capture_output=True, text=True, timeout=60, check=False)
@@ -87,7 +89,7 @@ def dev_server(tmp_path_factory, vendor_built):
 
 
 def snap(page, name):
-    page.screenshot(path=str(shot_dir() / f"journey-{name}.png"), full_page=True)
+    page.screenshot(path=str(shot_dir() / f"{page.shot_prefix}-{name}.png"), full_page=True)
 
 
 def signup(page, base, user, pw="correct horse battery"):
@@ -116,13 +118,18 @@ def run_cell(page, index, code, engine=None):
 
 
 def test_whole_journey(browser, dev_server):
-    base = dev_server
+    journey(browser, dev_server, "journey")
+
+
+def journey(browser, base, prefix):
+    """Sign up, worksheet, factor, plot, save, reload, history, restore, share read-only, publish."""
     alice_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     bob_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     anon_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     alice, bob, anon = alice_ctx.new_page(), bob_ctx.new_page(), anon_ctx.new_page()
     for p in (alice, bob, anon):
         p.set_default_timeout(20000)
+        p.shot_prefix = prefix
 
     # sign up both accounts
     signup(bob, base, "bob")
@@ -160,7 +167,7 @@ def test_whole_journey(browser, dev_server):
     # save a version; reload and see it
     alice.click("#save")
     expect(alice.locator("#save-state")).to_have_attribute("data-state", "saved")
-    expect(alice.locator(".flash.info")).to_contain_text("Saved version")
+    expect(alice.locator(".flash.info", has_text="Saved version").first).to_be_visible()
     alice.reload()
     expect(alice.locator(".cell").nth(0).locator(".cell-output")).to_contain_text("65537")
     expect(alice.locator(".cell").nth(1).locator("img.out-img")).to_be_visible()
@@ -194,9 +201,9 @@ def test_whole_journey(browser, dev_server):
     alice.fill(".dialog input[name=username]", "bob")
     alice.select_option(".dialog select[name=role]", "viewer")
     alice.keyboard.press("Enter")
-    expect(alice.locator(".flash.info")).to_contain_text("Shared with bob")
+    expect(alice.locator(".flash.info", has_text="Shared with bob").first).to_be_visible()
     alice.goto(ws_url)
-    bob.goto(base + "/#/")
+    bob.reload()
     bob.locator("a.ws-name", has_text="Journey").click()
     bob.locator("ul.tree .name", has_text="demo.sagews").click()
     expect(bob.locator(".role-badge")).to_contain_text("read-only")
@@ -221,7 +228,7 @@ def test_whole_journey(browser, dev_server):
     expect(anon.locator("img.out-img")).to_be_visible()
     snap(anon, "10-published")
     alice.click("#unpublish")
-    expect(alice.locator(".flash.info")).to_contain_text("Unpublished")
+    expect(alice.locator(".flash.info", has_text="Unpublished").first).to_be_visible()
     anon.reload()
     expect(anon.locator("#pub")).to_contain_text("not published")
 

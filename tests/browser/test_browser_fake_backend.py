@@ -1,0 +1,106 @@
+"""The client against tests/browser/fake_backend.py (the protocol of docs/frontend.md, in memory): the whole
+journey and reconnecting with unsaved edits. Runs while `sagews dev` does not exist, and afterwards keeps the
+client honest about its own protocol module."""
+
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, shot_dir
+from playwright.sync_api import expect
+from test_browser_journey import free_port, journey, signup
+
+FAKE = Path(__file__).with_name("fake_backend.py")
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (http://127.0.0.1)
+        return r.read().decode()
+
+
+@pytest.fixture(scope="module")
+def fake_server(vendor_built):
+    port = free_port()
+    log = open(shot_dir() / "fake-backend.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE), "--port", str(port)], cwd=ROOT, stdout=log, stderr=log
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            get(base + "/api/me")
+            break
+        except (OSError, urllib.error.URLError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("fake backend did not start; see fake-backend.log")
+            time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def test_journey_against_fake_backend(browser, fake_server):
+    journey(browser, fake_server, "fake-journey")
+
+
+def test_reconnect_keeps_unsaved_edits(browser, fake_server):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.set_default_timeout(20000)
+    signup(page, fake_server, "carol")
+    page.fill("#new-ws-name", "Resilient")
+    page.keyboard.press("Enter")
+    page.click("#new-file")
+    page.fill(".dialog input[name=name]", "notes.txt")
+    page.keyboard.press("Enter")
+    expect(page.locator(".text-editor")).to_be_visible()
+    ws_id = page.url.split("#/w/")[1].split("/")[0]
+
+    # the connection drops and stays down: the UI says so, edits are kept
+    get(fake_server + "/test/drop?hold=1")
+    expect(page.locator("#conn-state")).to_have_text("reconnecting…")
+    page.locator(".text-editor").click()
+    page.keyboard.type("written while offline")
+    expect(page.locator("#save-state")).to_have_attribute("data-state", "offline")
+    page.screenshot(path=str(shot_dir() / "fake-reconnect-01-offline.png"))
+    # ... even across a page reload (localStorage draft)
+    page.reload()
+    expect(page.locator("#conn-state")).to_have_text("reconnecting…")
+
+    # the server comes back: reconnect by itself, resume, and the edit reaches the server
+    get(fake_server + "/test/drop?hold=0")
+    expect(page.locator("#conn-state")).to_have_text("connected", timeout=20000)
+    expect(page.locator(".text-editor")).to_contain_text("written while offline")
+    expect(page.locator("#save-state")).to_have_attribute("data-state", "saved")
+    assert get(f"{fake_server}/test/file/{ws_id}/notes.txt") == "written while offline"
+    page.screenshot(path=str(shot_dir() / "fake-reconnect-02-resumed.png"))
+    ctx.close()
+
+
+def test_server_errors_in_words_and_csrf(browser, fake_server):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    signup(page, fake_server, "dave")
+    # sharing with an unknown user: the server's message is shown
+    page.fill("#new-ws-name", "Errors")
+    page.keyboard.press("Enter")
+    expect(page.locator("#conn-state")).to_have_text("connected")
+    page.goto(fake_server + "/#/")
+    row = page.locator("tr", has=page.locator("a.ws-name", has_text="Errors"))
+    row.get_by_role("button", name="Share").click()
+    page.fill(".dialog input[name=username]", "nobody")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("alert").filter(has_text="No user called nobody")).to_be_visible()
+    # a state-changing request without the X-XSRFToken header is refused by the backend (Tornado xsrf)
+    status = page.evaluate(
+        "() => fetch('/api/workspaces', {method: 'POST', body: '{\"name\": \"x\"}'}).then(r => r.status)"
+    )
+    assert status == 403
+    ctx.close()
