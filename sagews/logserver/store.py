@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 from typing import Any
 
@@ -10,11 +12,43 @@ from sqlalchemy import Engine, exc, select
 
 from sagews.db.models import LogRecord
 
-_PG_SQL = (
-    "INSERT INTO log_records (rid, ts, service, host, pid, level, logger, message, exc, extra) "
-    "VALUES %s ON CONFLICT (rid) DO NOTHING RETURNING 1"
+# PostgreSQL: COPY (CSV) into a per-connection temporary table, then one INSERT ... SELECT that
+# skips rids already stored. COPY is about 10x cheaper per row than a multi-row VALUES list.
+_PG_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS log_stage (rid text, ts double precision, service text, host text, "
+    "pid integer, level smallint, logger text, message text, exc text, extra jsonb) ON COMMIT DELETE ROWS"
 )
-_PG_TEMPLATE = "(%s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
+_PG_COPY = "COPY log_stage FROM STDIN WITH (FORMAT csv, FORCE_NULL (exc, extra))"
+_PG_MOVE = (
+    "INSERT INTO log_records (rid, ts, service, host, pid, level, logger, message, exc, extra) "
+    "SELECT rid, to_timestamp(ts), service, host, pid, level, logger, message, exc, extra FROM log_stage "
+    "ON CONFLICT (rid) DO NOTHING"
+)
+
+
+def _insert_pg(engine: Engine, records: list[dict[str, Any]]) -> int:
+    buf = io.StringIO()
+    csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC).writerows(
+        (r["rid"], r["ts"], r["service"], r["host"], r["pid"], r["level"], r["logger"], r["msg"],
+         r.get("exc") or "", "" if r.get("extra") is None else json.dumps(r["extra"]))
+        for r in records
+    )  # fmt: skip
+    buf.seek(0)
+    conn = engine.raw_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_PG_STAGE)
+            cur.copy_expert(_PG_COPY, buf)
+            cur.execute(_PG_MOVE)
+            added = int(cur.rowcount)
+        conn.commit()
+        return added
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
 
 # Errors meaning "the database is not reachable now" (spool and retry) rather than "bad data".
 UNAVAILABLE: tuple[type[BaseException], ...] = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
@@ -26,34 +60,12 @@ except ImportError:  # pragma: no cover
     pass
 
 
-def _row(r: dict[str, Any]) -> tuple[Any, ...]:
-    extra = r.get("extra")
-    return (
-        r["rid"], r["ts"], r["service"], r["host"], r["pid"], r["level"], r["logger"], r["msg"],
-        r.get("exc"), None if extra is None else json.dumps(extra),
-    )  # fmt: skip
-
-
 def insert(engine: Engine, records: list[dict[str, Any]]) -> int:
     """Insert ``records`` in one transaction, skipping rids already stored; returns rows added."""
     if not records:
         return 0
     if engine.dialect.name == "postgresql":
-        from psycopg2.extras import execute_values
-
-        conn = engine.raw_connection()
-        try:
-            with conn.cursor() as cur:
-                rows = execute_values(
-                    cur, _PG_SQL, [_row(r) for r in records], _PG_TEMPLATE, 2000, fetch=True
-                )
-            conn.commit()
-            return len(rows)
-        except BaseException:
-            conn.rollback()
-            raise
-        finally:
-            conn.close()
+        return _insert_pg(engine, records)
     values = [
         {
             "rid": r["rid"], "ts": dt.datetime.fromtimestamp(r["ts"], dt.UTC), "service": r["service"],
