@@ -10,6 +10,7 @@
     SW.util.append(box, [el("h1", { class: "doc-path" }, data.path), data.workspace ? el("p", { class: "hint" }, "From workspace ", data.workspace, data.published ? " · published " + SW.util.fmtTime(data.published) : "") : null]);
     if (/\.sagews$/.test(data.path)) {
       for (const c of SW.worksheet.parse(data.text).cells) {
+        if (!c.input.trim() && !c.outputs.length) continue;
         const out = el("div", { class: "cell-output" });
         const v = new SW.worksheet.OutputView(out);
         c.outputs.forEach((f) => v.add(f));

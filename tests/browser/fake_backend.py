@@ -16,6 +16,7 @@ import struct
 import time
 import traceback
 import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -113,6 +114,14 @@ class Workspaces(Api):
 class One(Api):
     def get(self, i, action=None):
         w = WS[i]
+        if action == "download":
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as z:
+                for path, text in w["files"].items():
+                    z.writestr(f"{w['name']}/{path}", text.encode("latin-1", "replace"))
+            self.set_header("Content-Type", "application/zip")
+            self.set_header("Content-Disposition", f'attachment; filename="{i}.zip"')
+            return self.finish(buf.getvalue())
         if action == "members":
             return self.finish({"members": [{"name": k, "role": v} for k, v in w["members"].items()]})
         self.finish({"workspace": {"id": i, "name": w["name"], "owner": w["owner"]}})

@@ -104,3 +104,64 @@ def test_server_errors_in_words_and_csrf(browser, fake_server):
     )
     assert status == 403
     ctx.close()
+
+
+def test_workspace_and_file_management(browser, fake_server, tmp_path):
+    ctx = browser.new_context(accept_downloads=True)
+    page = ctx.new_page()
+    page.set_default_timeout(20000)
+    signup(page, fake_server, "erin")
+
+    def dialog_ok(value):
+        page.fill(".dialog input[name=name]", value)
+        page.keyboard.press("Enter")
+
+    # workspace list: create, rename, copy, delete
+    page.fill("#new-ws-name", "First")
+    page.keyboard.press("Enter")
+    expect(page.locator("#conn-state")).to_have_text("connected")
+    page.goto(fake_server + "/#/")
+    row = page.locator("tr", has=page.locator("a.ws-name", has_text="First"))
+    row.get_by_role("button", name="Rename").click()
+    dialog_ok("Renamed")
+    expect(page.locator("a.ws-name", has_text="Renamed")).to_be_visible()
+    page.locator("tr", has=page.locator("a.ws-name", has_text="Renamed")).get_by_role(
+        "button", name="Copy"
+    ).click()
+    dialog_ok("The copy")
+    expect(page.locator("a.ws-name", has_text="The copy")).to_be_visible()
+    page.locator("tr", has=page.locator("a.ws-name", has_text="The copy")).get_by_role(
+        "button", name="Delete"
+    ).click()
+    page.get_by_role("button", name="Yes").click()
+    expect(page.locator("a.ws-name", has_text="The copy")).to_have_count(0)
+    page.screenshot(path=str(shot_dir() / "fake-manage-01-list.png"))
+
+    # files: new folder, upload into it, download, rename, delete
+    page.locator("a.ws-name", has_text="Renamed").click()
+    page.click("#new-folder")
+    dialog_ok("data")
+    page.locator("ul.tree .name", has_text="data").click()
+    expect(page.locator(".crumbs")).to_contain_text("data")
+    src = tmp_path / "numbers.csv"
+    src.write_text("1,2,3\n")
+    page.locator("input[type=file]").set_input_files(str(src))
+    expect(page.locator("ul.tree .name", has_text="numbers.csv")).to_be_visible()
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download numbers.csv").click()
+    assert Path(dl.value.path()).read_text() == "1,2,3\n"
+    page.get_by_role("button", name="Rename numbers.csv").click()
+    dialog_ok("n.csv")
+    expect(page.locator("ul.tree .name", has_text="n.csv")).to_be_visible()
+    page.locator("ul.tree .name", has_text="n.csv").click()
+    expect(page.locator(".text-editor")).to_contain_text("1,2,3")
+    page.screenshot(path=str(shot_dir() / "fake-manage-02-files.png"))
+    page.get_by_role("button", name="Delete n.csv").click()
+    page.get_by_role("button", name="Yes").click()
+    expect(page.locator("ul.tree .name", has_text="n.csv")).to_have_count(0)
+
+    # the whole workspace as a zip
+    with page.expect_download() as dl:
+        page.get_by_role("link", name="Download .zip").click()
+    assert dl.value.suggested_filename.endswith(".zip")
+    ctx.close()

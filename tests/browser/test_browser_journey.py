@@ -35,16 +35,35 @@ factor(2**64 - 1)"""
 PY_PLOT = "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nplt.plot([1, 4, 2, 3])"
 
 
-def dev_available() -> str | None:
-    """None when `sagews dev` exists (or SAGEWS_DEV_CMD names another server), else the reason to skip."""
+def dev_help() -> tuple[str | None, str]:
+    """(reason to skip or None, `sagews dev --help` text)."""
     if os.environ.get("SAGEWS_DEV_CMD"):
-        return None
+        return None, ""
     if not Path(SAGEWS).exists():
-        return f"{SAGEWS} not found"
+        return f"{SAGEWS} not found", ""
     r = subprocess.run([SAGEWS, "dev", "--help"], capture_output=True, text=True, timeout=60, check=False)
     if r.returncode != 0:
-        return "`sagews dev` does not exist yet: " + (r.stderr or r.stdout).strip().splitlines()[-1][:200]
-    return None
+        last = ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1]
+        return "`sagews dev` does not exist yet: " + last[:200], ""
+    return None, r.stdout + r.stderr
+
+
+def dev_command(help_text: str, port: int, data: Path) -> list[str]:
+    """The `sagews dev` command line, using the options its --help offers (or SAGEWS_DEV_CMD)."""
+    tmpl = os.environ.get("SAGEWS_DEV_CMD")
+    if tmpl:
+        return shlex.split(tmpl.format(port=port, data=data))
+    cmd = [SAGEWS, "dev"]
+    for opts, value in (
+        (("--host", "--address", "--bind"), "127.0.0.1"),
+        (("--port",), str(port)),
+        (("--data-dir", "--data", "--state-dir", "--dir", "--root"), str(data)),
+    ):
+        for o in opts:
+            if re.search(rf"(^|[\s,\[]){re.escape(o)}\b", help_text):
+                cmd += [o, value]
+                break
+    return cmd
 
 
 def free_port() -> int:
@@ -55,17 +74,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def dev_server(tmp_path_factory, vendor_built):
-    reason = dev_available()
+    reason, help_text = dev_help()
     if reason:
         print(f"SKIP browser journey: {reason}")
         pytest.skip(reason)
     port = free_port()
     data = tmp_path_factory.mktemp("sagews-dev")
-    tmpl = os.environ.get("SAGEWS_DEV_CMD", SAGEWS + " dev --host 127.0.0.1 --port {port} --data-dir {data}")
-    cmd = shlex.split(tmpl.format(port=port, data=data))
-    log = open(shot_dir() / "sagews-dev.log", "w")  # noqa: SIM115 (closed below)
+    cmd = dev_command(help_text, port, data)
+    log_path = shot_dir() / "sagews-dev.log"
+    log = open(log_path, "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    port_given = "--port" in cmd or "{port}" in os.environ.get("SAGEWS_DEV_CMD", "")
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -74,6 +94,11 @@ def dev_server(tmp_path_factory, vendor_built):
         except urllib.error.HTTPError:
             break
         except OSError:
+            if not port_given:
+                # no --port option: take the URL the server prints
+                m = re.search(r"http://127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
+                if m:
+                    base = f"http://127.0.0.1:{m.group(1)}"
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 log.close()
