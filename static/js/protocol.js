@@ -132,14 +132,18 @@
       this.sock = sock;
       sock.onopen = async () => {
         this.backoff = 500;
+        let hello = null;
         try {
-          const hello = await this._request({ type: "hello", versions: [1], xsrf: xsrf() }, null, true);
-          this.hello = hello;
-          this._setState("open");
-          this._emit("open", hello);
+          hello = await this._request({ type: "hello", versions: [1], xsrf: xsrf() }, null, true);
         } catch (e) {
-          this._emit("error", e);
+          // A backend without a hello step answers unknown_type: carry on. Anything else is shown.
+          if (e.code === "disconnected") return;
+          if (e.code !== "unknown_type" && e.code !== "bad_message") this._emit("error", e);
         }
+        if (this.sock !== sock) return;
+        this.hello = hello;
+        this._setState("open");
+        this._emit("open", hello);
       };
       sock.onmessage = (m) => this._onMessage(m.data);
       sock.onclose = (ev) => {

@@ -113,6 +113,24 @@
       if (users.length) this.presenceEl.append("Here: ", ...users.map((u) => el("span", { class: "user" }, u)));
     }
 
+    // Another member wrote a file (unsolicited `file_changed` {workspace, path, by}): refresh the tree, and the
+    // open document when it has no unsaved edits here; otherwise say so (this copy wins on the next save).
+    async onFileChanged(m) {
+      if (m.workspace && m.workspace !== this.id) return;
+      this.refreshTree();
+      if (!this.doc || this.doc.path !== m.path || this.saving) return;
+      if (this.dirty) {
+        this.flash(m.path + " was changed by " + (m.by || "someone else") + "; saving here will overwrite it.");
+        return;
+      }
+      try {
+        const r = await this.session.read(m.path);
+        if (!this.dirty && r.text !== undefined && r.text !== this.doc.getText()) this.doc.setText(r.text);
+      } catch (e) {
+        /* shown on the next action */
+      }
+    }
+
     leave() {
       if (this.dirty) this.write();
       document.body.classList.remove("read-only");

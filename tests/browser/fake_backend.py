@@ -307,6 +307,12 @@ class Conn(SockJSConnection):
             return self.reply(m, type="read", path=m["path"], size=len(src[m["path"]]), text=src[m["path"]])
         if t == "write":
             files[m["path"]] = m["text"] if "text" in m else base64.b64decode(m["b64"]).decode("latin-1")
+            note = json.dumps(
+                {"type": "file_changed", "workspace": self.ws, "path": m["path"], "by": self.user}
+            )
+            for c in CONNS:
+                if c is not self and c.ws == self.ws:
+                    c.send(note)
             return self.reply(m, type="write", path=m["path"], size=len(files[m["path"]]))
         if t == "rename":
             files[m["dst"]] = files.pop(m["src"])

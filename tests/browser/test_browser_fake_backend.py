@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, shot_dir
+from browser_helpers import ROOT, shot_dir
 from playwright.sync_api import expect
 from test_browser_journey import free_port, journey, signup
 
@@ -165,3 +165,39 @@ def test_workspace_and_file_management(browser, fake_server, tmp_path):
         page.get_by_role("link", name="Download .zip").click()
     assert dl.value.suggested_filename.endswith(".zip")
     ctx.close()
+
+
+def test_editors_see_each_others_saves(browser, fake_server):
+    a_ctx, b_ctx = browser.new_context(), browser.new_context()
+    a, b = a_ctx.new_page(), b_ctx.new_page()
+    for p in (a, b):
+        p.set_default_timeout(20000)
+    signup(b, fake_server, "frank")
+    signup(a, fake_server, "grace")
+    a.fill("#new-ws-name", "Together")
+    a.keyboard.press("Enter")
+    a.click("#new-file")
+    a.fill(".dialog input[name=name]", "plan.txt")
+    a.keyboard.press("Enter")
+    expect(a.locator(".text-editor")).to_be_visible()
+    ws_url = a.url
+    a.goto(fake_server + "/#/")
+    a.locator("tr", has=a.locator("a.ws-name", has_text="Together")).get_by_role(
+        "button", name="Share"
+    ).click()
+    a.fill(".dialog input[name=username]", "frank")
+    a.select_option(".dialog select[name=role]", "editor")
+    a.keyboard.press("Enter")
+    expect(a.locator(".flash.info", has_text="Shared with frank").first).to_be_visible()
+    a.goto(ws_url)
+    b.goto(ws_url)
+    expect(b.locator(".role-badge")).to_have_text("editor")
+    expect(b.locator("#save")).to_be_visible()
+    expect(a.locator(".presence")).to_contain_text("frank")
+    a.locator(".text-editor").click()
+    a.keyboard.type("step one")
+    expect(a.locator("#save-state")).to_have_attribute("data-state", "saved")
+    expect(b.locator(".text-editor")).to_contain_text("step one")
+    b.screenshot(path=str(shot_dir() / "fake-collab-01-editor-sees-change.png"))
+    a_ctx.close()
+    b_ctx.close()

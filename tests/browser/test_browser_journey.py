@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, shot_dir
+from browser_helpers import ROOT, shot_dir
 from playwright.sync_api import expect
 
 SAGEWS = shutil.which("sagews") or str(Path(sys.executable).with_name("sagews"))

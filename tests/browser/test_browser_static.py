@@ -4,7 +4,7 @@ the worksheet format, and keyboard-only cells against a stand-in exec."""
 
 import json
 
-from conftest import shot_dir
+from browser_helpers import shot_dir
 from playwright.sync_api import expect
 
 XSS_IMG = '<img src=x onerror="window.__xss=(window.__xss||[]).concat(1)">'

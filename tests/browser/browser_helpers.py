@@ -1,0 +1,31 @@
+"""Constants and helpers shared by the browser tests (a uniquely named module: `conftest` is ambiguous)."""
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC = ROOT / "static"
+CHROMIUM = os.environ.get("SAGEWS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+# The policy docs/frontend.md asks the backend to send; the static test server sends it too.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; font-src 'self'; "
+    "connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'; "
+    "object-src 'none'"
+)
+
+
+def shot_dir() -> Path:
+    base = Path(os.environ.get("SAGEWS_TEST_LOGS", ROOT / "build" / "test-logs"))
+    d = base / "browser"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
