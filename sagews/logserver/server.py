@@ -216,6 +216,7 @@ class LogServer:
             self.counters["frames"] += 1
             kind = msg.get("type")
             if kind == "stats":
+                self.counters["spool_dropped"] = self.spool.dropped
                 await self._send(
                     writer, {"type": "stats", "counters": dict(self.counters), "db_up": self.db_up}
                 )
