@@ -65,6 +65,7 @@
       api.workspace(this.id).then(
         (r) => {
           const w = r.workspace || r;
+          this.meta = w;
           this.nameEl.textContent = w.name || this.id;
           document.title = (w.name || this.id) + " — Sage Workspaces";
         },
@@ -81,7 +82,7 @@
         return;
       }
       this.started = true;
-      this.role = info.role || "owner";
+      this.role = info.role || (this.meta && this.meta.role) || "editor"; // the server enforces it either way
       this.roleEl.textContent = this.readOnly ? "read-only (viewer)" : this.role;
       this.roleEl.className = "role-badge " + this.role;
       document.body.classList.toggle("read-only", this.readOnly);

@@ -29,3 +29,19 @@ def shot_dir() -> Path:
     d = base / "browser"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+class ConsoleWatch:
+    """Collects console errors, page errors and CSP violations of one page."""
+
+    def __init__(self, page):
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    # The sandboxed output iframe refusing a script is the sandbox working, not an error of ours.
+    IGNORED = ("Blocked script execution in 'about:srcdoc' because the document's frame is sandboxed",)
+
+    def _console(self, msg):
+        if msg.type == "error" and not msg.text.startswith(self.IGNORED):
+            self.errors.append(f"console.error: {msg.text}")

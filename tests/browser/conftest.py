@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, CSP, ROOT, STATIC
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, CSP, ROOT, STATIC, ConsoleWatch
 
 
 @pytest.fixture(scope="session")
@@ -66,22 +66,6 @@ def static_server(vendor_built):
     yield f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
     srv.server_close()
-
-
-class ConsoleWatch:
-    """Collects console errors, page errors and CSP violations of one page."""
-
-    def __init__(self, page):
-        self.errors: list[str] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-
-    # The sandboxed output iframe refusing a script is the sandbox working, not an error of ours.
-    IGNORED = ("Blocked script execution in 'about:srcdoc' because the document's frame is sandboxed",)
-
-    def _console(self, msg):
-        if msg.type == "error" and not msg.text.startswith(self.IGNORED):
-            self.errors.append(f"console.error: {msg.text}")
 
 
 @pytest.fixture

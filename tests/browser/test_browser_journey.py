@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_helpers import ROOT, shot_dir
+from browser_helpers import ROOT, ConsoleWatch, shot_dir
 from playwright.sync_api import expect
 
 SAGEWS = shutil.which("sagews") or str(Path(sys.executable).with_name("sagews"))
@@ -155,6 +155,7 @@ def journey(browser, base, prefix):
     for p in (alice, bob, anon):
         p.set_default_timeout(20000)
         p.shot_prefix = prefix
+        p.watch = ConsoleWatch(p)
 
     # sign up both accounts
     signup(bob, base, "bob")
@@ -252,6 +253,7 @@ def journey(browser, base, prefix):
     expect(anon.locator(".cell-output").first).to_contain_text("65537")
     expect(anon.locator("img.out-img")).to_be_visible()
     snap(anon, "10-published")
+    assert [p.watch.errors for p in (alice, bob, anon)] == [[], [], []]
     alice.click("#unpublish")
     expect(alice.locator(".flash.info", has_text="Unpublished").first).to_be_visible()
     anon.reload()
