@@ -24,14 +24,10 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import tornado.ioloop  # noqa: E402
 import tornado.web  # noqa: E402
+from browser_helpers import CSP  # noqa: E402
 from sockjs.tornado import SockJSConnection, SockJSRouter  # noqa: E402
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; font-src 'self'; "
-    "connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'; "
-    "object-src 'none'"
-)
 USERS: dict[str, str] = {}
 SESSIONS: dict[str, str] = {}  # cookie -> user
 WS: dict[str, dict] = {}  # id -> {name, owner, members{user: role}, files{path: text}, commits[], last}
