@@ -51,9 +51,12 @@ class LogServerHandler(logging.Handler):
         self.metrics: collections.Counter[str] = collections.Counter()
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wake = threading.Event()
+        self._signalled = False
+        self._queue_max = cfg.queue_max
         self._closing = False
         self._busy = False
         self._new_ids()
+        os.register_at_fork(after_in_child=self._new_ids)  # a forked child must not reuse our rids
         self._sock: ssl.SSLSocket | None = None
         self.last_error = ""
         self._server_index = -1
@@ -78,7 +81,7 @@ class LogServerHandler(logging.Handler):
         return bool(rv)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if len(self._queue) >= self.cfg.queue_max:
+        if len(self._queue) >= self._queue_max:
             self.metrics["dropped_queue_full"] += 1
             return
         try:
@@ -91,21 +94,20 @@ class LogServerHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        if os.getpid() != self._pid:  # forked: fresh ids (and the sender thread did not survive)
-            self._new_ids()
+        pid = record.process or self._pid
         self._queue.append(
-            (self._prefix + format(next(self._seq), "x"), record.created, record.process or self._pid,
-             record.levelno, record.name, msg, exc)
-        )  # fmt: skip
-        if not self._wake.is_set():
+            (self._prefix, next(self._seq), record.created, pid, record.levelno, record.name, msg, exc)
+        )
+        if not self._signalled:  # a plain attribute: cheaper than Event.is_set()
+            self._signalled = True
             self._wake.set()
 
     # ---- sender thread ----
 
     def _record(self, t: tuple[Any, ...]) -> dict[str, Any]:
-        rid, ts, pid, level, name, msg, exc = t
+        prefix, seq, ts, pid, level, name, msg, exc = t
         return {
-            "rid": rid, "ts": ts, "service": self.service, "host": self.hostname, "pid": pid,
+            "rid": f"{prefix}{seq:x}", "ts": ts, "service": self.service, "host": self.hostname, "pid": pid,
             "level": level, "logger": name[:255], "msg": msg[:32768], "exc": exc,
         }  # fmt: skip
 
@@ -119,6 +121,7 @@ class LogServerHandler(logging.Handler):
     def _run(self) -> None:
         while True:
             self._wake.clear()
+            self._signalled = False  # after clear(): an emit in between is picked up by the drain below
             self._busy = True
             try:
                 if self.spool.pending() and self._connect():
