@@ -235,3 +235,24 @@ def test_duplicate_rids_are_stored_once(
 
 def test_frame_encoding_is_shared() -> None:
     assert framing.encode({"a": 1})[:4] == struct.pack(">I", 7)
+
+
+def test_server_spool_survives_a_server_crash(
+    log_db: str,
+    postgres: PostgresCluster,
+    make_server: Callable[..., LogServerProc],
+    probe: Callable[..., Probe],
+) -> None:
+    server = make_server(log_db)
+    postgres.stop()
+    try:
+        p = probe(server)
+        ack = p.request({"type": "records", "batch": 1, "records": [_record(i) for i in range(300)]})
+        p.close()
+        assert ack["spooled"] is True and ack["accepted"] == 300
+        server.kill()  # acknowledged records now live only in the server's fsync'd spool
+    finally:
+        postgres.start()
+    server.start()  # same spool directory: replayed once the DB answers
+    rows, distinct, _ = _stored(log_db, 300)
+    assert rows == distinct == 300
