@@ -148,6 +148,7 @@
       this.setRunning(false, (f.status || f.type) + secs);
       this.node.classList.toggle("failed", f.status === "error" || f.type === "error");
       doc.ctx.onChange();
+      return f.type === "done" && f.status === "ok";
     }
   }
 
@@ -175,6 +176,23 @@
 
     focus() {
       if (this.cells[0]) this.cells[0].cm.focus();
+    }
+
+    // Runs every cell in order, stopping at the first that does not end "ok".
+    async runAll() {
+      for (const c of this.cells.slice()) {
+        if (!c.cm.getValue().trim()) continue;
+        if (!(await c.run(false))) break;
+      }
+    }
+
+    clearOutputs() {
+      for (const c of this.cells) {
+        c.data.outputs = [];
+        c.view.reset();
+        c.setRunning(false, "");
+      }
+      this.ctx.onChange();
     }
 
     insertAfter(cell, focus) {

@@ -5,12 +5,15 @@
 """
 
 import argparse
+import ast
+import asyncio
 import base64
 import contextlib
 import hashlib
 import io
 import itertools
 import json
+import re
 import secrets
 import struct
 import time
@@ -34,6 +37,7 @@ WS: dict[str, dict] = {}  # id -> {name, owner, members{user: role}, files{path:
 PUB: dict[str, tuple[str, str]] = {}
 ids = itertools.count(1)
 CONNS: set = set()
+RUNNING: dict[str, list] = {}  # workspace -> running exec tasks
 
 
 def commit(w, message, author):
@@ -174,26 +178,26 @@ class Static(tornado.web.StaticFileHandler):
 
 
 def run_code(code):
-    """Stand-in engine: Python in-process; `^` means power (a crude preparser)."""
+    """Stand-in engine: Python in-process, the last expression's value is the result; `^` means power."""
     frames = []
     out = io.StringIO()
     ns = {}
+    val = None
     try:
-        tree = compile(code.replace("^", "**"), "<cell>", "exec")
-        lines = code.strip().splitlines()
+        tree = ast.parse(code.replace("^", "**"), "<cell>")
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
         with contextlib.redirect_stdout(out):
-            exec(tree, ns)  # noqa: S102 (loopback test stand-in)
-            if lines:
-                try:
-                    val = eval(lines[-1].replace("^", "**"), ns)  # noqa: S307
-                except SyntaxError:
-                    val = None
+            exec(compile(tree, "<cell>", "exec"), ns)  # noqa: S102 (loopback test stand-in)
+            if last is not None:
+                val = eval(compile(ast.Expression(last.value), "<cell>", "eval"), ns)  # noqa: S307
         if out.getvalue():
             frames.append({"type": "stream", "name": "stdout", "text": out.getvalue()})
         if val is not None:
             frames.append({"type": "result", "data": {"text/plain": repr(val)}})
         return frames, "ok"
     except Exception as e:
+        if out.getvalue():
+            frames.append({"type": "stream", "name": "stdout", "text": out.getvalue()})
         tb = traceback.format_exc()
         exc = {"type": "exception", "ename": type(e).__name__, "evalue": str(e), "traceback": tb}
         return [*frames, exc], "error"
@@ -263,6 +267,24 @@ class Conn(SockJSConnection):
     def reply(self, m, **kw):
         self.send(json.dumps({"re": m["id"], **kw}))
 
+    async def ticks(self, m, n):
+        """Stand-in for a long computation: one line of output every 0.1 s, interruptible."""
+        task = asyncio.current_task()
+        RUNNING.setdefault(self.ws, []).append(task)
+        try:
+            for i in range(n):
+                self.reply(m, session=self.ws, type="stream", name="stdout", text=f"tick {i}\n")
+                await asyncio.sleep(0.1)
+            self.reply(m, type="done", status="ok", elapsed=n * 0.1)
+        except asyncio.CancelledError:
+            tb = "Traceback (most recent call last):\n  ...\nKeyboardInterrupt\n"
+            exc = {"type": "exception", "ename": "KeyboardInterrupt", "evalue": "", "traceback": tb}
+            self.reply(m, session=self.ws, **exc)
+            self.reply(m, type="done", status="interrupted", elapsed=0.1)
+        finally:
+            if task in RUNNING.get(self.ws, []):
+                RUNNING[self.ws].remove(task)
+
     def on_message(self, raw):
         m = json.loads(raw)
         t = m["type"]
@@ -327,6 +349,8 @@ class Conn(SockJSConnection):
         if t == "exec" and m.get("engine", "sage") == "sage":
             msg = "Sage is not installed on this worker"
             return self.reply(m, type="error", code="engine_unavailable", message=msg)
+        if t == "exec" and re.fullmatch(r"ticks\(\d+\)", m["code"].strip()):
+            return asyncio.ensure_future(self.ticks(m, int(m["code"].strip()[6:-1])))
         if t == "exec":
             if "plot(" in m["code"]:
                 frames, status = [{"type": "display", "data": {"image/png": PNG, "text/plain": "plot"}}], "ok"
@@ -336,6 +360,8 @@ class Conn(SockJSConnection):
                 self.reply(m, session=self.ws, **f)
             return self.reply(m, type="done", status=status, elapsed=0.001)
         if t in ("interrupt", "restart"):
+            for task in RUNNING.pop(self.ws, []):
+                task.cancel()
             return self.reply(m, type="ok")
         self.reply(m, type="error", code="unknown_type", message=t)
 

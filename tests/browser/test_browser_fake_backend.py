@@ -2,6 +2,7 @@
 journey and reconnecting with unsaved edits. Runs while `sagews dev` does not exist, and afterwards keeps the
 client honest about its own protocol module."""
 
+import re
 import subprocess
 import sys
 import time
@@ -201,3 +202,63 @@ def test_editors_see_each_others_saves(browser, fake_server):
     b.screenshot(path=str(shot_dir() / "fake-collab-01-editor-sees-change.png"))
     a_ctx.close()
     b_ctx.close()
+
+
+def test_running_cell_streams_and_interrupts(browser, fake_server):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.set_default_timeout(20000)
+    signup(page, fake_server, "heidi")
+    page.fill("#new-ws-name", "Long")
+    page.keyboard.press("Enter")
+    page.click("#new-worksheet")
+    page.keyboard.press("Enter")
+    cell = page.locator(".cell").first
+    cell.locator("select.engine").select_option("python")
+    cell.locator(".CodeMirror").click()
+    page.keyboard.type("ticks(600)")
+    page.keyboard.press("Control+Enter")
+    # visibly running, output streaming in
+    expect(cell).to_have_class(re.compile(r"\brunning\b"))
+    expect(cell.locator(".cell-status")).to_have_text("running…")
+    expect(cell.locator(".cell-output")).to_contain_text("tick 3")
+    page.screenshot(path=str(shot_dir() / "fake-interrupt-01-running.png"))
+    page.click("#interrupt")
+    expect(cell).not_to_have_class(re.compile(r"\brunning\b"))
+    expect(cell.locator(".cell-output")).to_contain_text("KeyboardInterrupt")
+    expect(cell.locator(".out-interrupted")).to_have_text("Interrupted.")
+    expect(cell.locator(".cell-status")).to_contain_text("interrupted")
+    page.screenshot(path=str(shot_dir() / "fake-interrupt-02-interrupted.png"))
+    # restart works and the cell runs again
+    page.click("#restart")
+    expect(page.locator(".flash.info", has_text="Engine restarted").first).to_be_visible()
+    page.locator("button.run").first.click()
+    expect(cell.locator(".cell-output")).to_contain_text("tick 1")
+    page.click("#interrupt")
+    expect(cell.locator(".cell-status")).to_contain_text("interrupted")
+    ctx.close()
+
+
+def test_run_all_and_clear_outputs(browser, fake_server):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.set_default_timeout(20000)
+    signup(page, fake_server, "ivan")
+    page.fill("#new-ws-name", "All")
+    page.keyboard.press("Enter")
+    page.click("#new-worksheet")
+    page.keyboard.press("Enter")
+    page.locator(".cell").first.locator("select.engine").select_option("python")
+    page.locator(".cell").first.locator(".CodeMirror").click()
+    page.keyboard.type("6*7")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("print('second')")
+    page.keyboard.press("Shift+Enter")
+    expect(page.locator(".cell").nth(1).locator(".cell-output")).to_have_text("second\n")
+    page.click("#clear-outputs")
+    expect(page.locator(".cell-output pre")).to_have_count(0)
+    page.click("#run-all")
+    expect(page.locator(".cell").nth(0).locator(".cell-output")).to_have_text("42")
+    expect(page.locator(".cell").nth(1).locator(".cell-output")).to_have_text("second\n")
+    expect(page.locator("#save-state")).to_have_attribute("data-state", "saved")
+    ctx.close()
