@@ -70,8 +70,11 @@
       try {
         const r = await fn(user.value.trim(), pass.value);
         state.user = r.user || { name: user.value.trim() };
-        location.hash = "#/";
-        route();
+        // back to the page that asked for a login (a shared workspace link), else the list
+        const next = state.next && state.next !== "#/login" ? state.next : "#/";
+        state.next = null;
+        if (location.hash === next) route();
+        else location.hash = next;
       } catch (e) {
         flash(describe(e));
       }
@@ -224,7 +227,10 @@
         if (e.code !== "http_401") flash(describe(e));
       }
     }
-    if (!state.user) return renderLogin();
+    if (!state.user) {
+      if (h !== "/login") state.next = "#" + h;
+      return renderLogin();
+    }
     if (h === "/login") {
       location.hash = "#/";
       return;

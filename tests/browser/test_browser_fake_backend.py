@@ -262,3 +262,27 @@ def test_run_all_and_clear_outputs(browser, fake_server):
     expect(page.locator(".cell").nth(1).locator(".cell-output")).to_have_text("second\n")
     expect(page.locator("#save-state")).to_have_attribute("data-state", "saved")
     ctx.close()
+
+
+def test_login_returns_to_the_requested_workspace(browser, fake_server):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.set_default_timeout(20000)
+    signup(page, fake_server, "judy", pw="pw-judy")
+    page.fill("#new-ws-name", "Linked")
+    page.keyboard.press("Enter")
+    expect(page.locator(".ws-title")).to_have_text("Linked")
+    url = page.url
+    page.click("#logout")
+    expect(page.locator("#username")).to_be_visible()
+    page.goto(url)
+    expect(page.locator("#username")).to_be_visible()
+    page.fill("#username", "judy")
+    page.fill("#password", "wrong")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("alert").filter(has_text="Wrong user name or password")).to_be_visible()
+    page.fill("#password", "pw-judy")
+    page.keyboard.press("Enter")
+    expect(page.locator(".ws-title")).to_have_text("Linked")
+    expect(page.locator("#conn-state")).to_have_text("connected")
+    ctx.close()
