@@ -176,7 +176,7 @@
     entryRow(e) {
       const path = join(this.dir, e.name);
       const open = e.type === "dir" ? () => this.cd(path) : () => (location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(path));
-      const icon = e.type === "dir" ? "📁 " : SW.editor.isWorksheet(e.name) ? "📓 " : "📄 ";
+      const icon = e.type === "dir" ? "▸ " : SW.editor.isWorksheet(e.name) ? "∑ " : "";
       const b = (label, fn, title) => el("button", { class: "icon", title: title + " " + e.name, "aria-label": title + " " + e.name, onclick: fn }, label);
       return el(
         "li",
@@ -185,7 +185,7 @@
         el("span", { class: "size" }, e.type === "dir" ? "" : fmtSize(e.size)),
         e.type !== "dir" ? b("⤓", () => this.download(path), "Download") : null,
         this.readOnly ? null : b("✎", () => this.rename(path, e.name), "Rename"),
-        this.readOnly ? null : b("🗑", () => this.remove(path, e.name), "Delete"),
+        this.readOnly ? null : b("✕", () => this.remove(path, e.name), "Delete"),
       );
     }
 

@@ -2,6 +2,8 @@
 `sagews dev` exists. In memory; "exec" runs Python in this process (loopback-only test tool, never deployed).
 
     python tests/browser/fake_backend.py --port 8123
+    python tests/browser/fake_backend.py --port 8123 --worker worker.json   # files, git and cells on a real
+                                                                           # sagews worker (relay mode)
 """
 
 import argparse
@@ -38,6 +40,30 @@ PUB: dict[str, tuple[str, str]] = {}
 ids = itertools.count(1)
 CONNS: set = set()
 RUNNING: dict[str, list] = {}  # workspace -> running exec tasks
+WORKER: dict = {}  # relay mode: host, port, cert, key, ca of a real worker
+WSESS: dict[str, str] = {}  # relay mode: workspace -> worker session
+PREFIX = secrets.token_hex(3)  # worker workspace names are unique per fake backend process
+SESSION_OPS = ("ls", "read", "write", "rename", "delete", "history", "save", "exec", "interrupt", "restart")
+NON_FINAL = {"stream", "display", "result", "exception"}
+
+
+def worker_call(kind, fields, on_frame=None):
+    """Blocking (run it in a thread): one request on its own worker connection; returns the final frame."""
+    from sagews.worker.client import WorkerClient
+
+    w = WORKER
+    with WorkerClient(w["host"], w["port"], cert=w["cert"], key=w["key"], ca=w["ca"], timeout=120) as c:
+        c.send({"type": kind, "id": 1, **fields})
+        while True:
+            msg = c.recv()
+            if msg is None:
+                return {"type": "error", "code": "worker_gone", "message": "The worker closed the connection"}
+            if msg.get("re") != 1:
+                continue
+            if msg["type"] not in NON_FINAL:
+                return msg
+            if on_frame:
+                on_frame(msg)
 
 
 def commit(w, message, author):
@@ -158,10 +184,14 @@ class One(Api):
 
 
 class PubRaw(Api):
-    def get(self, slug):
+    async def get(self, slug):
         if slug not in PUB:
             return self.fail(404, "not_found", "Not published")
         i, path = PUB[slug]
+        if WORKER:
+            loop = asyncio.get_running_loop()
+            r = await loop.run_in_executor(None, worker_call, "read", {"session": WSESS[i], "path": path})
+            return self.finish({"path": path, "workspace": WS[i]["name"], "text": r.get("text", "")})
         self.finish({"path": path, "workspace": WS[i]["name"], "text": WS[i]["files"].get(path, "")})
 
 
@@ -267,6 +297,41 @@ class Conn(SockJSConnection):
     def reply(self, m, **kw):
         self.send(json.dumps({"re": m["id"], **kw}))
 
+    async def relay_open(self, m, w):
+        loop = asyncio.get_running_loop()
+        if m["workspace"] not in WSESS:
+            r = await loop.run_in_executor(
+                None, worker_call, "open", {"workspace": f"{PREFIX}-{m['workspace']}"}
+            )
+            if r["type"] == "error":
+                return self.reply(m, **r)
+            WSESS[m["workspace"]] = r["session"]
+        self.ws = m["workspace"]
+        self.reply(m, type="opened", session=self.ws, role=role_of(w, self.user), presence=[])
+        self.broadcast_presence()
+
+    async def relay(self, m):
+        """A session request, relayed to the worker; its frames come back as they are produced."""
+        loop = asyncio.get_running_loop()
+        io_loop = tornado.ioloop.IOLoop.current()
+        fields = {k: v for k, v in m.items() if k not in ("id", "type")}
+        fields["session"] = WSESS[self.ws]
+        if m["type"] == "exec" and not fields.get("engine"):
+            fields.pop("engine", None)
+
+        def frame(f):
+            io_loop.add_callback(self.reply, m, **{k: v for k, v in f.items() if k != "re"})
+
+        final = await loop.run_in_executor(None, worker_call, m["type"], fields, frame)
+        self.reply(m, **{k: v for k, v in final.items() if k != "re"})
+        if m["type"] == "write" and final["type"] != "error":
+            note = json.dumps(
+                {"type": "file_changed", "workspace": self.ws, "path": m["path"], "by": self.user}
+            )
+            for c in CONNS:
+                if c is not self and c.ws == self.ws:
+                    c.send(note)
+
     async def ticks(self, m, n):
         """Stand-in for a long computation: one line of output every 0.1 s, interruptible."""
         task = asyncio.current_task()
@@ -294,6 +359,8 @@ class Conn(SockJSConnection):
             w = WS.get(m["workspace"])
             if not w or not role_of(w, self.user):
                 return self.reply(m, type="error", code="not_found", message="No such workspace")
+            if WORKER:
+                return asyncio.ensure_future(self.relay_open(m, w))
             self.ws = m["workspace"]
             self.reply(m, type="opened", session=self.ws, role=role_of(w, self.user), presence=[])
             return self.broadcast_presence()
@@ -302,6 +369,8 @@ class Conn(SockJSConnection):
         if ro and t in ("write", "rename", "delete", "save", "exec", "interrupt", "restart"):
             return self.reply(m, type="error", code="forbidden", message="Read-only: you are a viewer")
         w["last"] = time.time()
+        if WORKER and t in SESSION_OPS:
+            return asyncio.ensure_future(self.relay(m))
         files = w["files"]
         if t == "ls":
             d = m["path"].strip(".").strip("/")
@@ -369,7 +438,10 @@ class Conn(SockJSConnection):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--worker", help="JSON file {host, port, cert, key, ca}: relay sessions to a real worker")
     a = ap.parse_args()
+    if a.worker:
+        WORKER.update(json.loads(Path(a.worker).read_text()))
     router = SockJSRouter(Conn, "/sockjs")
     app = tornado.web.Application(
         [

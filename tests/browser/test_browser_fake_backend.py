@@ -2,9 +2,15 @@
 journey and reconnecting with unsaved edits. Runs while `sagews dev` does not exist, and afterwards keeps the
 client honest about its own protocol module."""
 
+import contextlib
+import importlib.util
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,28 +29,37 @@ def get(url):
         return r.read().decode()
 
 
-@pytest.fixture(scope="module")
-def fake_server(vendor_built):
+@contextlib.contextmanager
+def start_fake(args, log_name):
     port = free_port()
-    log = open(shot_dir() / "fake-backend.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [sys.executable, str(FAKE), "--port", str(port)], cwd=ROOT, stdout=log, stderr=log
-    )
+    log = open(shot_dir() / log_name, "w")  # noqa: SIM115 (closed below)
+    cmd = [sys.executable, str(FAKE), "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while True:
+    try:
+        while True:
+            try:
+                get(base + "/api/me")
+                break
+            except (OSError, urllib.error.URLError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"fake backend did not start; see {shot_dir() / log_name}")
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
         try:
-            get(base + "/api/me")
-            break
-        except (OSError, urllib.error.URLError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("fake backend did not start; see fake-backend.log")
-            time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def fake_server(vendor_built):
+    with start_fake([], "fake-backend.log") as url:
+        yield url
 
 
 def test_journey_against_fake_backend(browser, fake_server):
@@ -286,3 +301,60 @@ def test_login_returns_to_the_requested_workspace(browser, fake_server):
     expect(page.locator(".ws-title")).to_have_text("Linked")
     expect(page.locator("#conn-state")).to_have_text("connected")
     ctx.close()
+
+
+@pytest.fixture(scope="module")
+def worker_backend(vendor_built):
+    """The fake backend relaying files, git and cells to a real `sagews worker` (as root: it makes users)."""
+    if os.geteuid() != 0:
+        pytest.skip("the worker runs as root (it creates a Unix user per workspace)")
+    from sagews.devpki import DevCA
+
+    base = Path(tempfile.mkdtemp(prefix="sagews-browser-worker-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "pki").mkdir(mode=0o755)
+    ca = DevCA(base / "pki")
+    server, client = ca.issue("worker"), ca.issue("backend", server=False)
+    have_sage = importlib.util.find_spec("sage.all__sagemath_symbolics") is not None
+    cfg = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "cert": str(server.cert),
+        "key": str(server.key),
+        "ca": str(ca.ca_cert_path),
+        "workspaces_dir": str(base / "workspaces"),
+        "state_dir": str(base / "state"),
+        "tmp_dir": str(base / "tmp"),
+        "engines": ["python", "sage"] if have_sage else ["python"],
+        "warm_pool": 1,
+        "user_prefix": "sagews_br_",  # not shared with other test workers (each kills its users' leftovers)
+    }
+    (base / "worker.json").write_text(json.dumps(cfg))
+    wlog = open(shot_dir() / "worker.log", "w")  # noqa: SIM115 (closed below)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "sagews.worker", "--config", str(base / "worker.json")],
+        stdout=subprocess.PIPE,
+        stderr=wlog,
+    )
+    line = worker.stdout.readline().decode()  # blocks until listening (or exit)
+    if "listening on" not in line:
+        worker.kill()
+        pytest.fail(f"worker did not start: {line!r}; see {shot_dir() / 'worker.log'}")
+    port = int(line.split()[3].rsplit(":", 1)[1])
+    relay = {"host": "127.0.0.1", "port": port, "cert": str(client.cert), "key": str(client.key)}
+    (base / "relay.json").write_text(json.dumps({**relay, "ca": str(ca.ca_cert_path)}))
+    with start_fake(["--worker", str(base / "relay.json")], "fake-backend-worker.log") as url:
+        yield url
+    worker.terminate()
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    worker.stdout.close()
+    wlog.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_journey_with_a_real_worker(browser, worker_backend):
+    """Real Sage (when installed) or Python output, real git saves, history and reads at a commit."""
+    journey(browser, worker_backend, "worker-journey")
