@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_helpers import ROOT, shot_dir
+from browser_helpers import ROOT, ConsoleWatch, shot_dir
 from playwright.sync_api import expect
 from test_browser_journey import free_port, journey, signup
 
@@ -358,3 +358,41 @@ def worker_backend(vendor_built):
 def test_journey_with_a_real_worker(browser, worker_backend):
     """Real Sage (when installed) or Python output, real git saves, history and reads at a commit."""
     journey(browser, worker_backend, "worker-journey")
+
+
+def test_real_worker_outputs_render(browser, worker_backend):
+    """Errors, LaTeX, HTML (sandboxed) and an output flood as the real worker sends them."""
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.set_default_timeout(30000)
+    watch = ConsoleWatch(page)
+    signup(page, worker_backend, "kim")
+    page.fill("#new-ws-name", "Outputs")
+    page.keyboard.press("Enter")
+    page.click("#new-worksheet")
+    page.keyboard.press("Enter")
+    sage = importlib.util.find_spec("sage.all__sagemath_symbolics") is not None
+    if not sage:
+        page.locator(".cell").first.locator("select.engine").select_option("python")
+    cells = page.locator(".cell")
+    cells.first.locator(".CodeMirror").click()
+    for code in [
+        "1/0",
+        "html('<b>bold</b><img src=x onerror=\"parent.__xss=1\">')",
+        "print('x' * 3000000)",
+        *(["latex(x^2/2)"] if sage else []),
+    ]:
+        page.keyboard.type(code)
+        page.keyboard.press("Shift+Enter")
+    for i in range(cells.count() - 1):
+        expect(cells.nth(i)).not_to_have_class(re.compile(r"\brunning\b"), timeout=60000)
+    expect(cells.nth(0).locator(".out-error")).to_contain_text("ZeroDivisionError")
+    expect(cells.nth(1).locator("iframe.out-html")).to_have_attribute("sandbox", "")
+    expect(cells.nth(1).frame_locator("iframe.out-html").locator("b")).to_have_text("bold")
+    expect(cells.nth(2).locator(".cell-output")).to_contain_text("truncated")
+    if sage:
+        expect(cells.nth(3).locator(".katex")).to_have_count(1)
+    page.screenshot(path=str(shot_dir() / "worker-outputs.png"), full_page=True)
+    assert page.evaluate("() => window.__xss") is None
+    assert watch.errors == []
+    ctx.close()
