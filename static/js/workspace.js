@@ -25,6 +25,9 @@
       this.started = false;
       this.role = "viewer";
       this.autosave = debounce(() => this.write(), AUTOSAVE_MS);
+      this.saveDraft = debounce(() => this.storeDraft(), 300);
+      this.onPageHide = () => this.storeDraft();
+      window.addEventListener("pagehide", this.onPageHide);
       this.build();
       if (this.conn.state === "open") this.start();
       this.onConnState(this.conn.state);
@@ -133,6 +136,8 @@
     }
 
     leave() {
+      window.removeEventListener("pagehide", this.onPageHide);
+      this.storeDraft();
       if (this.dirty) this.write();
       document.body.classList.remove("read-only");
     }
@@ -246,6 +251,7 @@
 
     // ---- the open document
     closeDoc() {
+      this.storeDraft(); // unsaved edits that could not be written are kept for the next open
       this.autosave.cancel();
       this.doc = null;
       this.dirty = false;
@@ -320,13 +326,21 @@
     changed() {
       if (this.readOnly || !this.doc) return;
       this.dirty = true;
+      this.saveDraft();
+      this.showSaveState();
+      this.autosave();
+    }
+
+    // The unsaved text goes to localStorage (debounced: a worksheet with images is large), and at once
+    // when the page is hidden or closed.
+    storeDraft() {
+      this.saveDraft.cancel();
+      if (!this.dirty || !this.doc || this.readOnly) return;
       try {
         localStorage.setItem(draftKey(this.id, this.doc.path), this.doc.getText());
       } catch (e) {
         /* storage full: the in-memory copy remains */
       }
-      this.showSaveState();
-      this.autosave();
     }
 
     showSaveState() {
@@ -354,6 +368,7 @@
           await this.session.write(doc.path, { text });
           if (this.doc === doc && doc.getText() === text) {
             this.dirty = false;
+            this.saveDraft.cancel();
             localStorage.removeItem(draftKey(this.id, doc.path));
           }
           return true;
