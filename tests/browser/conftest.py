@@ -25,7 +25,9 @@ def vendor_built():
     return STATIC / "vendor"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API runs it keeps an asyncio loop marked as running
+# in this thread, which would break the asyncio tests of other suites collected after this directory.
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (tests/harness/lib.sh APT_TEST)")
