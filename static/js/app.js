@@ -13,7 +13,7 @@
     const box = $("#flash");
     const n = el("div", { class: "flash " + (kind || "error"), role: kind === "info" ? "status" : "alert" }, msg, el("button", { class: "close", "aria-label": "Dismiss", onclick: () => n.remove() }, "×"));
     box.appendChild(n);
-    if (kind === "info") setTimeout(() => n.remove(), 6000);
+    setTimeout(() => n.remove(), kind === "info" ? 6000 : 20000);
   }
   function describe(e) {
     if (!e) return "Unknown error";

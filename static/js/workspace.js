@@ -5,6 +5,7 @@
   const { el, clear, fmtTime, fmtSize, debounce, dialog, confirmDialog, b64FromBytes, bytesFromB64, downloadBlob } = SW.util;
   const api = SW.api;
   const AUTOSAVE_MS = 1500;
+  const MAX_UPLOAD = 10 * 1024 * 1024; // one frame to the worker (base64 grows it by a third; frames <= 16 MB)
   const draftKey = (ws, path) => "sagews:draft:" + ws + ":" + path;
 
   function join(dir, name) {
@@ -238,6 +239,10 @@
 
     async doUpload() {
       for (const f of this.upload.files) {
+        if (f.size > MAX_UPLOAD) {
+          this.flash(f.name + " is too large to upload here (" + fmtSize(f.size) + "; the limit is " + fmtSize(MAX_UPLOAD) + ").");
+          continue;
+        }
         const bytes = new Uint8Array(await f.arrayBuffer());
         if (!validName(f.name)) {
           this.flash("Not a valid file name: " + f.name);

@@ -163,6 +163,10 @@ def test_workspace_and_file_management(browser, fake_server, tmp_path):
     src.write_text("1,2,3\n")
     page.locator("input[type=file]").set_input_files(str(src))
     expect(page.locator("ul.tree .name", has_text="numbers.csv")).to_be_visible()
+    big = {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": b"\0" * (11 << 20)}
+    page.locator("input[type=file]").set_input_files(big)
+    expect(page.get_by_role("alert").filter(has_text="big.bin is too large")).to_be_visible()
+    page.get_by_role("alert").filter(has_text="big.bin").get_by_role("button", name="Dismiss").click()
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download numbers.csv").click()
     assert Path(dl.value.path()).read_text() == "1,2,3\n"
