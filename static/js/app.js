@@ -68,8 +68,7 @@
     );
     const go = async (fn) => {
       try {
-        const r = await fn(user.value.trim(), pass.value);
-        state.user = r.user || { name: user.value.trim() };
+        state.user = (await fn(user.value.trim(), pass.value)) || { name: user.value.trim() };
         // back to the page that asked for a login (a shared workspace link), else the list
         const next = state.next && state.next !== "#/login" ? state.next : "#/";
         state.next = null;
@@ -110,15 +109,14 @@
     const create = el("form", { class: "inline", id: "create-ws" }, name, el("button", { type: "submit" }, "Create"));
     create.addEventListener("submit", async (e) => {
       e.preventDefault();
-      const r = await guard(api.createWorkspace(name.value.trim()));
-      const w = r.workspace || r;
+      const w = await guard(api.createWorkspace(name.value.trim()));
       location.hash = "#/w/" + encodeURIComponent(w.id);
     });
     const table = el("table", { class: "ws-list" }, el("thead", {}, el("tr", {}, el("th", {}, "Name"), el("th", {}, "Owner"), el("th", {}, "Your role"), el("th", {}, "Last activity"), el("th", {}, "Actions"))), tbody);
     clear(root()).append(topbar(), el("main", { class: "page" }, el("h1", {}, "Your workspaces"), create, table));
     let list;
     try {
-      list = (await api.workspaces()).workspaces || [];
+      list = await api.workspaces();
     } catch (e) {
       if (e.status === 401) return showLogin();
       flash(describe(e));
@@ -168,7 +166,7 @@
   async function shareDialog(w) {
     let members = [];
     try {
-      members = (await api.members(w.id)).members || [];
+      members = await api.members(w.id);
     } catch (e) {
       /* shown empty */
     }
@@ -222,7 +220,7 @@
     }
     if (!state.user) {
       try {
-        state.user = (await api.me()).user || null;
+        state.user = await api.me();
       } catch (e) {
         if (e.code !== "http_401") flash(describe(e));
       }

@@ -59,29 +59,31 @@
   }
 
   const enc = encodeURIComponent;
+  // Replies are normalized here into the shapes the pages use, so a different field name on the wire is a
+  // one-line change in this file.
+  const user = (r) => r.user || null; // {name} | null
+  const workspace = (r) => r.workspace || r; // {id, name, owner, role, last_activity}
   const api = {
     xsrf,
-    // -> {user: {name, ...} | null}. Also makes the backend set the _xsrf cookie.
-    me: () => http("GET", "/api/me"),
-    signup: (username, password) => http("POST", "/api/signup", { username, password }),
-    login: (username, password) => http("POST", "/api/login", { username, password }),
+    // The logged-in user or null. Also makes the backend set the _xsrf cookie.
+    me: async () => user(await http("GET", "/api/me")),
+    signup: async (username, password) => user(await http("POST", "/api/signup", { username, password })),
+    login: async (username, password) => user(await http("POST", "/api/login", { username, password })),
     logout: () => http("POST", "/api/logout", {}),
-    // -> {workspaces: [{id, name, owner, role: owner|editor|viewer, last_activity}]}
-    workspaces: () => http("GET", "/api/workspaces"),
-    createWorkspace: (name) => http("POST", "/api/workspaces", { name }),
-    workspace: (id) => http("GET", "/api/workspaces/" + enc(id)),
+    // -> [{id, name, owner, role: owner|editor|viewer, last_activity}]
+    workspaces: async () => (await http("GET", "/api/workspaces")).workspaces || [],
+    createWorkspace: async (name) => workspace(await http("POST", "/api/workspaces", { name })),
+    workspace: async (id) => workspace(await http("GET", "/api/workspaces/" + enc(id))),
     renameWorkspace: (id, name) => http("POST", "/api/workspaces/" + enc(id) + "/rename", { name }),
     deleteWorkspace: (id) => http("DELETE", "/api/workspaces/" + enc(id)),
     copyWorkspace: (id, name) => http("POST", "/api/workspaces/" + enc(id) + "/copy", { name }),
-    // -> {members: [{name, role}]}
-    members: (id) => http("GET", "/api/workspaces/" + enc(id) + "/members"),
+    // -> [{name, role}]
+    members: async (id) => (await http("GET", "/api/workspaces/" + enc(id) + "/members")).members || [],
     // role: editor | viewer | none (none removes the share)
     share: (id, username, role) => http("POST", "/api/workspaces/" + enc(id) + "/share", { username, role }),
-    // -> {url: "/pub/..."}
-    publish: (id, path) => http("POST", "/api/workspaces/" + enc(id) + "/publish", { path }),
+    // -> the URL of the published page ("/pub/<slug>")
+    publish: async (id, path) => (await http("POST", "/api/workspaces/" + enc(id) + "/publish", { path })).url,
     unpublish: (id, path) => http("POST", "/api/workspaces/" + enc(id) + "/unpublish", { path }),
-    // -> {published: [{path, url}]}
-    published: (id) => http("GET", "/api/workspaces/" + enc(id) + "/published"),
     downloadUrl: (id, format) => "/api/workspaces/" + enc(id) + "/download?format=" + enc(format),
     // Published page data (no login): /pub/<slug>/raw -> {path, workspace, text, published}
     pubRaw: (slug) => http("GET", "/pub/" + slug.split("/").map(enc).join("/") + "/raw"),
@@ -231,29 +233,39 @@
     }
   }
 
-  // Workspace session operations: thin names over Conn.request (fields as in docs/frontend.md).
+  // Workspace session operations (fields as in docs/frontend.md), replies normalized for the pages.
   function session(conn, workspace) {
     let sid = null;
     const r = (type, f, onFrame) => conn.request(type, Object.assign({ session: sid }, f || {}), onFrame);
     return {
-      // -> {session, role, engines, members, presence}
+      // -> {session, role, presence: [names]}
       open: async () => {
         const m = await conn.request("open", { workspace });
         sid = m.session;
-        return m;
+        return { session: m.session, role: m.role, presence: m.presence || m.members || [] };
       },
-      ls: (path) => r("ls", { path: path || "." }),
-      read: (path, commit) => r("read", commit ? { path, commit } : { path }),
+      // -> [{name, type: file|dir|link, size, mtime}]
+      ls: async (path) => (await r("ls", { path: path || "." })).entries || [],
+      // -> {text} or {b64}, and size
+      read: async (path, commit) => {
+        const m = await r("read", commit ? { path, commit } : { path });
+        return { text: m.text, b64: m.b64, size: m.size };
+      },
       write: (path, data) => r("write", Object.assign({ path }, data)), // data: {text} or {b64}
       rename: (src, dst) => r("rename", { src, dst }),
       remove: (path) => r("delete", { path }),
       mkdir: (path) => r("write", { path: path.replace(/\/+$/, "") + "/.keep", text: "" }),
-      history: (limit, path) => r("history", path ? { limit: limit || 100, path } : { limit: limit || 100 }),
-      save: (message) => r("save", { message }),
+      // -> [{commit, author, date, message}], newest first
+      history: async (limit) => (await r("history", { limit: limit || 100 })).commits || [],
+      // -> {commit, unchanged}
+      save: async (message) => {
+        const m = await r("save", { message });
+        return { commit: m.commit, unchanged: !!m.unchanged };
+      },
+      // onFrame gets stream/display/result/exception frames; resolves with the final "done" frame
       exec: (code, engine, onFrame) => r("exec", { code, engine }, onFrame),
       interrupt: () => r("interrupt"),
       restart: () => r("restart"),
-      close: () => r("close"),
     };
   }
 

@@ -67,8 +67,7 @@
         el("div", { class: "ws-main" }, el("nav", { class: "files" }, this.treeTools, this.crumbEl, this.treeEl, this.upload), el("main", { class: "doc" }, this.docHead, this.docBox), this.historyEl),
       );
       api.workspace(this.id).then(
-        (r) => {
-          const w = r.workspace || r;
+        (w) => {
           this.meta = w;
           this.nameEl.textContent = w.name || this.id;
           document.title = (w.name || this.id) + " — Sage Workspaces";
@@ -90,7 +89,7 @@
       this.roleEl.textContent = this.readOnly ? "read-only (viewer)" : this.role;
       this.roleEl.className = "role-badge " + this.role;
       document.body.classList.toggle("read-only", this.readOnly);
-      this.onPresence({ users: info.presence || info.members || [] });
+      this.onPresence({ users: info.presence });
       this.renderTreeTools();
       await this.refreshTree();
       if (this.doc) {
@@ -168,7 +167,7 @@
       this.crumbEl.append(el("button", { class: "link", onclick: () => this.cd(".") }, "/"));
       parts.forEach((p, i) => this.crumbEl.append(" ", el("button", { class: "link", onclick: () => this.cd(parts.slice(0, i + 1).join("/")) }, p), " /"));
       clear(this.treeEl);
-      const entries = (r.entries || []).filter((e) => e.name !== ".git" && e.name !== ".keep");
+      const entries = r.filter((e) => e.name !== ".git" && e.name !== ".keep");
       entries.sort((a, b) => (b.type === "dir") - (a.type === "dir") || a.name.localeCompare(b.name));
       if (!entries.length) this.treeEl.append(el("li", { class: "empty" }, "No files yet."));
       for (const e of entries) this.treeEl.append(this.entryRow(e));
@@ -419,7 +418,7 @@
         return;
       }
       const ul = el("ul", { class: "commits" });
-      for (const c of r.commits || []) {
+      for (const c of r) {
         ul.append(
           el(
             "li",
@@ -431,7 +430,7 @@
       }
       this.previewEl = el("div", { class: "preview" });
       clear(this.historyEl).append(el("h2", {}, "History"), el("button", { class: "secondary small", onclick: () => (this.historyEl.hidden = true) }, "Close"), ul, this.previewEl);
-      if (!(r.commits || []).length) ul.append(el("li", { class: "empty" }, "No saved versions yet."));
+      if (!r.length) ul.append(el("li", { class: "empty" }, "No saved versions yet."));
     }
 
     async preview(c) {
@@ -472,9 +471,9 @@
     async publish() {
       if (!this.doc) return;
       if (this.dirty) await this.saveVersion();
-      const r = await this.guard(api.publish(this.id, this.doc.path));
+      const url = await this.guard(api.publish(this.id, this.doc.path));
       const link = this.docHead.querySelector(".pub-link");
-      clear(link).append("Published: ", el("a", { href: r.url, target: "_blank", rel: "noopener", id: "pub-url" }, r.url));
+      clear(link).append("Published: ", el("a", { href: url, target: "_blank", rel: "noopener", id: "pub-url" }, url));
     }
 
     async unpublish() {
