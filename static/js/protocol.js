@@ -83,6 +83,8 @@
     share: (id, username, role) => http("POST", "/api/workspaces/" + enc(id) + "/share", { username, role }),
     // -> the URL of the published page ("/pub/<slug>")
     publish: async (id, path) => (await http("POST", "/api/workspaces/" + enc(id) + "/publish", { path })).url,
+    // -> [{path, url}] of the workspace's published files
+    published: async (id) => (await http("GET", "/api/workspaces/" + enc(id) + "/published")).published || [],
     unpublish: (id, path) => http("POST", "/api/workspaces/" + enc(id) + "/unpublish", { path }),
     downloadUrl: (id, format) => "/api/workspaces/" + enc(id) + "/download?format=" + enc(format),
     // Published page data (no login): /pub/<slug>/raw -> {path, workspace, text, published}

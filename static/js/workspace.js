@@ -297,6 +297,7 @@
       };
       const Doc = SW.editor.isWorksheet(path) ? SW.editor.WorksheetDoc : SW.editor.TextDoc;
       this.renderDocHead(path, Doc === SW.editor.WorksheetDoc);
+      this.showPublished(path);
       this.doc = new Doc(this.docBox, path, text, ctx);
       this.serverText = r.text;
       this.dirty = false;
@@ -474,6 +475,19 @@
       const url = await this.guard(api.publish(this.id, this.doc.path));
       const link = this.docHead.querySelector(".pub-link");
       clear(link).append("Published: ", el("a", { href: url, target: "_blank", rel: "noopener", id: "pub-url" }, url));
+    }
+
+    // Shows the link when the open file is already published.
+    async showPublished(path) {
+      let list = [];
+      try {
+        list = await api.published(this.id);
+      } catch (e) {
+        return; /* not essential */
+      }
+      const p = list.find((x) => x.path === path);
+      const link = this.docHead.querySelector(".pub-link");
+      if (p && link && this.doc && this.doc.path === path) clear(link).append("Published: ", el("a", { href: p.url, target: "_blank", rel: "noopener", id: "pub-url" }, p.url));
     }
 
     async unpublish() {

@@ -148,6 +148,9 @@ class One(Api):
             self.set_header("Content-Type", "application/zip")
             self.set_header("Content-Disposition", f'attachment; filename="{i}.zip"')
             return self.finish(buf.getvalue())
+        if action == "published":
+            out = [{"path": p, "url": "/pub/" + k} for k, (j, p) in PUB.items() if j == i]
+            return self.finish({"published": out})
         if action == "members":
             return self.finish({"members": [{"name": k, "role": v} for k, v in w["members"].items()]})
         self.finish({"workspace": {"id": i, "name": w["name"], "owner": w["owner"]}})

@@ -254,6 +254,8 @@ def journey(browser, base, prefix):
     expect(anon.locator("img.out-img")).to_be_visible()
     snap(anon, "10-published")
     assert [p.watch.errors for p in (alice, bob, anon)] == [[], [], []]
+    alice.reload()  # the link is shown again for a published file
+    expect(alice.locator("#pub-url")).to_have_attribute("href", url)
     alice.click("#unpublish")
     expect(alice.locator(".flash.info", has_text="Unpublished").first).to_be_visible()
     anon.reload()
