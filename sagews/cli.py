@@ -19,6 +19,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "db": ("sagews.db.cli:main", "database schema migrations (upgrade, current, heads)"),
     "logs": ("sagews.logserver.cli:main", "tail and filter stored log records"),
     "logserver": ("sagews.logserver.server:main", "run the log server (TLS, mutual auth)"),
+    "backend": ("sagews.backend.cli:backend", "run the backend (HTTPS + SockJS)"),
+    "admin": (
+        "sagews.backend.cli:admin",
+        "accounts, workspaces, workers (create-account, reset-password, ...)",
+    ),
+    "dev": ("sagews.backend.cli:dev", "backend + local worker, SQLite, HTTP on 127.0.0.1 (as root)"),
 }
 
 

@@ -1,0 +1,164 @@
+"""The backend's Tornado application and server entry point (``sagews-backend``, ``sagews backend``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from sockjs.tornado import SockJSRouter
+
+from sagews.backend.accounts import RateLimiter
+from sagews.backend.cache import Cache
+from sagews.backend.config import BackendConfig, load
+from sagews.backend.handlers import auth, ops
+from sagews.backend.handlers import workspaces as ws_handlers
+from sagews.backend.live import LiveConnection
+from sagews.backend.metrics import Metrics
+from sagews.backend.workers import WorkerPool
+from sagews.backend.workspaces import Workspaces
+from sagews.db import Database
+
+log = logging.getLogger("sagews.backend")
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", "max-age=86400" if path.startswith("vendor/") else "no-cache")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BackendApp(tornado.web.Application):
+    """Owns the routes, the settings and the shared services (DB, cache, workers, workspaces)."""
+
+    def __init__(self, config: BackendConfig, db: Database | None = None) -> None:
+        if not config.cookie_secret or len(config.cookie_secret) < 16:
+            raise ValueError("cookie_secret must be set (at least 16 characters)")
+        self.config = config
+        self.db = db or Database(config.db)
+        self.cache = Cache(config.memcached, config.cache_ttl)
+        self.metrics = Metrics()
+        self.pool = WorkerPool(self.db, config.worker_cert, config.worker_key, config.worker_ca)
+        self.workspaces = Workspaces(self.db, self.cache, self.pool, self.metrics)
+        self.presence = self.workspaces.presence
+        self.live: set[LiveConnection] = set()
+        self.account_limiter = RateLimiter(config.login_attempts_per_account)
+        self.ip_limiter = RateLimiter(config.login_attempts_per_ip)
+        self.last_db_ok = 0.0
+        self._tasks: list[asyncio.Task[Any]] = []
+        conn_cls = type("Live", (LiveConnection,), {"app": self})
+        self.router = SockJSRouter(
+            conn_cls,
+            "/sockjs",
+            user_settings={
+                "disabled_transports": ["jsonp", "htmlfile"],
+                "jsessionid": False,
+                "disable_nagle": True,
+                "verify_ip": False,  # behind HAProxy the source address can change between requests
+            },
+        )
+        routes: list[Any] = [*auth.routes, *ws_handlers.routes, *ops.routes]
+        if config.static_dir:
+            routes.append((r"/static/(.*)", StaticHandler, {"path": config.static_dir}))
+            routes += ops.page_routes
+        routes += self.router.urls
+        secure = config.secure_cookies
+        super().__init__(
+            routes,
+            cookie_secret=config.cookie_secret,
+            xsrf_cookies=True,
+            xsrf_cookie_kwargs={"secure": secure, "samesite": "Lax"},
+            websocket_max_message_size=max(config.max_message * 2, 1 << 20),
+        )
+
+    async def start(self) -> None:
+        """Register configured workers, first heartbeat, then the periodic tasks."""
+        for w in self.config.workers:
+            await self.pool.add(w.address, w.port, w.capacity)
+        await self.pool.beat_once()
+        self.pool.start(self.config.heartbeat_seconds)
+        interval = min(self.config.autosave_seconds, self.config.idle_close_seconds)
+        self._tasks.append(
+            asyncio.ensure_future(self.workspaces.run_housekeeping(interval, self.config.idle_close_seconds))
+        )
+
+    async def stop(self) -> None:
+        """Save what is dirty, close links and pools."""
+        for t in self._tasks:
+            t.cancel()
+        for ws_id in list(self.workspaces.open):
+            try:
+                ow = self.workspaces.open.get(ws_id)
+                if ow is not None and ow.dirty:
+                    await self.workspaces.save(ws_id, "save at backend shutdown")
+            except Exception as exc:
+                log.warning("save of %s at shutdown failed: %s", ws_id, exc)
+        await self.pool.close()
+        self.cache.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.db.close)
+
+
+def ssl_context(config: BackendConfig) -> ssl.SSLContext | None:
+    if config.tls_cert and config.tls_key:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+        return ctx
+    if not is_loopback(config.host):
+        raise ValueError("TLS (tls_cert, tls_key) is required unless the backend binds to loopback")
+    return None
+
+
+def listen(app: BackendApp, port: int | None = None) -> tuple[tornado.httpserver.HTTPServer, int]:
+    cfg = app.config
+    server = tornado.httpserver.HTTPServer(app, ssl_options=ssl_context(cfg), xheaders=cfg.xheaders)
+    sockets = tornado.netutil.bind_sockets(cfg.port if port is None else port, address=cfg.host)
+    server.add_sockets(sockets)
+    return server, int(sockets[0].getsockname()[1])
+
+
+async def serve(config: BackendConfig, ready: Any = None) -> None:
+    app = BackendApp(config)
+    server, port = listen(app)
+    await app.start()
+    scheme = "https" if app.config.tls_cert else "http"
+    print(f"sagews-backend listening on {scheme}://{config.host}:{port}", flush=True)
+    if ready is not None:
+        ready(app, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.stop()
+    await app.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sagews-backend", description="run the sagews backend")
+    ap.add_argument("--config", type=Path, help="TOML/JSON file ([backend] and [db] tables)")
+    ap.add_argument("--port", type=int)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load(a.config)
+    if a.port is not None:
+        cfg.port = a.port
+    asyncio.run(serve(cfg))
+    return 0

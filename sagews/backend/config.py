@@ -1,0 +1,75 @@
+"""Backend configuration: one dataclass, from a TOML/JSON file (``[backend]`` and ``[db]`` tables)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sagews.db.config import DBConfig
+from sagews.db.config import from_dict as db_from_dict
+
+
+@dataclass
+class WorkerEndpoint:
+    address: str
+    port: int
+    capacity: int = 100
+
+
+@dataclass
+class BackendConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert: str | None = None  # browser-facing certificate; required unless host is loopback
+    tls_key: str | None = None
+    cookie_secret: str = ""  # required; signs the _xsrf cookie
+    session_days: float = 14.0
+    cookie_name: str = "sagews_session"
+    secure_cookies: bool = True  # False only for plain-HTTP loopback dev
+    memcached: list[str] = field(default_factory=list)  # "127.0.0.1:11211"
+    cache_ttl: int = 300
+    # internal TLS to workers (mutual)
+    worker_cert: str | None = None
+    worker_key: str | None = None
+    worker_ca: str | None = None
+    workers: list[WorkerEndpoint] = field(default_factory=list)  # registered in the DB at start
+    heartbeat_seconds: float = 5.0
+    heartbeat_timeout: float = 15.0  # no successful status for this long: worker is down
+    autosave_seconds: float = 60.0
+    idle_close_seconds: float = 1800.0
+    static_dir: str | None = None  # serve static/ (dev); production: nginx
+    max_message: int = 4 * 1024 * 1024  # largest client frame accepted over SockJS
+    login_attempts_per_account: int = 10  # per 5 minutes
+    login_attempts_per_ip: int = 30
+    allowed_origins: list[str] = field(default_factory=list)  # SockJS Origin check; empty: same host
+    signup: bool = True
+    xheaders: bool = False  # trust X-Forwarded-For / X-Real-Ip (only behind HAProxy)
+    db: DBConfig = field(default_factory=DBConfig)
+
+
+def from_dict(data: dict[str, Any]) -> BackendConfig:
+    data = dict(data)
+    db = data.pop("db", None)
+    if isinstance(data.get("backend"), dict):
+        data = {**data.pop("backend"), **data}
+    known = {f.name for f in fields(BackendConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown backend setting(s): {', '.join(sorted(unknown))}")
+    if "workers" in data:
+        data["workers"] = [WorkerEndpoint(**w) for w in data["workers"]]
+    cfg = BackendConfig(**data)
+    if isinstance(db, dict):
+        cfg.db = db_from_dict(db)
+    return cfg
+
+
+def load(path: str | Path | None) -> BackendConfig:
+    if path is None:
+        return BackendConfig()
+    p = Path(path)
+    text = p.read_text()
+    return from_dict(tomllib.loads(text) if p.suffix == ".toml" else json.loads(text))

@@ -1,0 +1,1 @@
+"""HTTP handlers; each module exposes ``routes`` (a list of Tornado URL specs)."""

@@ -1,0 +1,134 @@
+"""Sign up, log in, log out, the current user, account settings."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sagews.backend import accounts
+from sagews.backend.accounts import AccountError, User
+from sagews.backend.handlers.base import ApiError, ApiHandler
+
+
+class MeHandler(ApiHandler):
+    def get(self) -> None:
+        self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the client echoes in X-XSRFToken)
+        u = self.current_user
+        self.write_json({"user": {"name": u.name, "is_admin": u.is_admin} if u else None})
+
+
+class _LoginBase(ApiHandler):
+    async def start_session(self, user: User) -> None:
+        cfg = self.backend.config
+        token, th = accounts.new_token()
+        await self.backend.db.run(accounts.new_session, user.id, th, cfg.session_days, self.request.remote_ip)
+        self.set_cookie(
+            cfg.cookie_name,
+            token,
+            httponly=True,
+            secure=cfg.secure_cookies,
+            samesite="Lax",
+            expires_days=cfg.session_days,
+        )
+
+
+class SignupHandler(_LoginBase):
+    async def post(self) -> None:
+        if not self.backend.config.signup:
+            raise ApiError(403, "signup_closed", "Sign-up is closed; ask an administrator for an account")
+        b = self.body()
+        name = accounts.check_username(b.get("username"))
+        password = accounts.check_password(b.get("password"))
+        ip = self.request.remote_ip or "?"
+        limiter = self.backend.ip_limiter
+        if limiter.blocked(f"signup:{ip}"):
+            raise ApiError(429, "rate_limited", "Too many attempts; wait a few minutes")
+        limiter.hit(f"signup:{ip}")
+        pw_hash = await asyncio.get_running_loop().run_in_executor(None, accounts.hash_password, password)
+        user = await self.backend.db.run(accounts.create_account, name, pw_hash)
+        await self.start_session(user)
+        self.write_json({"user": {"name": user.name, "is_admin": user.is_admin}})
+
+
+class LoginHandler(_LoginBase):
+    async def post(self) -> None:
+        b = self.body()
+        name, password = b.get("username"), b.get("password")
+        if (
+            not isinstance(name, str)
+            or not isinstance(password, str)
+            or len(password) > accounts.MAX_PASSWORD
+        ):
+            raise ApiError(400, "bad_field", "username and password are required")
+        app = self.backend
+        acc_key, ip_key = f"acct:{name.lower()}", f"ip:{self.request.remote_ip}"
+        if app.account_limiter.blocked(acc_key) or app.ip_limiter.blocked(ip_key):
+            app.metrics.logins_limited += 1
+            raise ApiError(429, "rate_limited", "Too many failed logins; wait a few minutes")
+        found = await app.db.run(accounts.find_login, name)
+        pw_hash = found[1] if found else None
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, accounts.verify_password, pw_hash, password
+        )
+        if not ok or found is None or found[2]:
+            app.account_limiter.hit(acc_key)
+            app.ip_limiter.hit(ip_key)
+            app.metrics.logins_failed += 1
+            raise ApiError(403, "bad_login", "Wrong user name or password")
+        app.account_limiter.reset(acc_key)
+        app.metrics.logins_ok += 1
+        await self.start_session(found[0])
+        self.write_json({"user": {"name": found[0].name, "is_admin": found[0].is_admin}})
+
+
+class LogoutHandler(ApiHandler):
+    async def post(self) -> None:
+        token = self.get_cookie(self.backend.config.cookie_name)
+        if token:
+            th = accounts.hash_token(token)
+            await self.backend.db.run(accounts.revoke_session, th)
+            await self.backend.cache.delete(f"sess:{th}")
+        self.clear_cookie(self.backend.config.cookie_name)
+        self.write_json({})
+
+
+class AccountHandler(_LoginBase):
+    """GET: the account; POST ``{name}`` renames, ``{password, new_password}`` changes the password
+    (revokes every session, then starts a fresh one for this browser)."""
+
+    def get(self) -> None:
+        u = self.user
+        self.write_json({"account": {"name": u.name, "is_admin": u.is_admin}})
+
+    async def post(self) -> None:
+        u, b, app = self.user, self.body(), self.backend
+        out: dict[str, Any] = {}
+        if "new_password" in b:
+            new = accounts.check_password(b.get("new_password"))
+            current = self.field(b, "password")
+            found = await app.db.run(accounts.find_login, u.name)
+            loop = asyncio.get_running_loop()
+            if not found or not await loop.run_in_executor(None, accounts.verify_password, found[1], current):
+                raise ApiError(403, "bad_login", "The current password is wrong")
+            pw_hash = await loop.run_in_executor(None, accounts.hash_password, new)
+            revoked = await app.db.run(accounts.set_password, u.name, pw_hash)
+            await app.cache.delete(*(f"sess:{h}" for h in revoked))
+            await self.start_session(u)
+            out["password"] = "changed"  # noqa: S105
+        if "name" in b:
+            name = accounts.check_username(b.get("name"))
+            hashes = await app.db.run(accounts.rename_account, u.id, name)
+            await app.cache.delete(*(f"sess:{h}" for h in hashes))
+            out["name"] = name
+        if not out:
+            raise AccountError("bad_field", "Nothing to change: send name or password + new_password")
+        self.write_json({"account": out})
+
+
+routes = [
+    (r"/api/me", MeHandler),
+    (r"/api/signup", SignupHandler),
+    (r"/api/login", LoginHandler),
+    (r"/api/logout", LogoutHandler),
+    (r"/api/account", AccountHandler),
+]

@@ -1,0 +1,98 @@
+"""Operations: /healthz (cheap: DB reachable, at least one healthy worker) and /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from sagews.backend.handlers.base import BaseHandler
+
+
+def _ping(s: Session) -> None:
+    s.execute(text("SELECT 1"))
+
+
+class HealthHandler(BaseHandler):
+    async def prepare(self) -> None:
+        self.current_user = None
+
+    async def get(self) -> None:
+        app = self.backend
+        problems = []
+        now = time.monotonic()
+        if now - app.last_db_ok > 2:  # at most one DB round trip per 2 s, however often probed
+            try:
+                await app.db.run(_ping)
+                app.last_db_ok = now
+            except Exception as exc:
+                problems.append(f"database: {type(exc).__name__}")
+        if not app.pool.healthy():
+            problems.append("no healthy worker")
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        if problems:
+            self.set_status(503)
+            self.finish("; ".join(problems) + "\n")
+        else:
+            self.finish("ok\n")
+
+
+class MetricsHandler(BaseHandler):
+    async def prepare(self) -> None:
+        self.current_user = None
+
+    async def get(self) -> None:
+        app = self.backend
+        pool = app.db.engine.pool
+        cache = app.cache
+        lookups = cache.hits + cache.misses
+        extra = {
+            "sagews_workers_healthy": len(app.pool.healthy()),
+            "sagews_workers_known": len(app.pool.links),
+            "sagews_workspaces_open": len(app.workspaces.open),
+            "sagews_db_pool_checked_out": float(getattr(pool, "checkedout", lambda: 0)()),
+            "sagews_db_pool_size": float(getattr(pool, "size", lambda: 0)()),
+            "sagews_db_pool_overflow": float(getattr(pool, "overflow", lambda: 0)()),
+            "sagews_cache_up": 1.0 if await cache.probe() else 0.0,
+            "sagews_cache_hits": cache.hits,
+            "sagews_cache_misses": cache.misses,
+            "sagews_cache_errors": cache.errors,
+            "sagews_cache_hit_ratio": cache.hits / lookups if lookups else 0.0,
+        }
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=UTF-8")
+        self.finish(app.metrics.render(extra))
+
+
+class PageHandler(BaseHandler):
+    """The app shell (dev: served from static/; production: nginx) under the client's CSP."""
+
+    CSP = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "font-src 'self'; connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'; object-src 'none'"
+    )
+
+    async def prepare(self) -> None:
+        self.current_user = None
+
+    def get(self, *_: str) -> None:
+        static = self.backend.config.static_dir
+        if not static:
+            self.send_error(404)
+            return
+        from pathlib import Path
+
+        name = "pub.html" if self.request.path.startswith("/pub/") else "index.html"
+        self.set_header("Content-Security-Policy", self.CSP)
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish((Path(static) / name).read_bytes())
+
+
+routes = [
+    (r"/healthz", HealthHandler),
+    (r"/metrics", MetricsHandler),
+]
+page_routes = [(r"/(pub/[^/]+)?", PageHandler)]

@@ -1,0 +1,108 @@
+"""REST for workspace management: list, create, get, rename, copy, delete, members, share, publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sagews.backend import workspaces as wsmod
+from sagews.backend.handlers.base import ApiError, ApiHandler
+
+
+class ListHandler(ApiHandler):
+    async def get(self) -> None:
+        rows = await self.backend.db.run(wsmod.db_list, self.user.id)
+        self.write_json({"workspaces": rows})
+
+    async def post(self) -> None:
+        name = self.field(self.body(), "name")
+        ws = await self.backend.workspaces.create(self.user.id, name)
+        self.write_json({"workspace": {**ws, "owner": self.user.name, "role": "owner"}})
+
+
+class OneHandler(ApiHandler):
+    async def get(self, ws_id: str) -> None:
+        svc = self.backend.workspaces
+        role = await svc.role(ws_id, self.user.id)
+        m = await svc.meta(ws_id)
+        out = {k: m[k] for k in ("id", "name", "owner", "head_commit", "last_activity")}
+        self.write_json({"workspace": {**out, "role": role}})
+
+    async def delete(self, ws_id: str) -> None:
+        svc = self.backend.workspaces
+        await svc.require(ws_id, self.user.id, ("owner",))
+        await svc.delete(wsmod.check_id(ws_id))
+        self.write_json({})
+
+
+class ActionHandler(ApiHandler):
+    async def get(self, ws_id: str, action: str) -> None:
+        svc = self.backend.workspaces
+        await svc.role(ws_id, self.user.id)
+        ws_id = wsmod.check_id(ws_id)
+        if action == "members":
+            self.write_json({"members": await self.backend.db.run(wsmod.db_members, ws_id)})
+        elif action == "published":
+            self.write_json({"published": await self.backend.db.run(wsmod.db_published, ws_id)})
+        else:
+            raise ApiError(404, "not_found", f"No such action: {action}")
+
+    async def post(self, ws_id: str, action: str) -> None:
+        svc, uid, b = self.backend.workspaces, self.user.id, self.body()
+        out: dict[str, Any] = {}
+        if action == "rename":
+            await svc.require(ws_id, uid, ("owner",))
+            await svc.write(wsmod.db_rename, wsmod.check_id(ws_id), wsmod.check_name(b.get("name")))
+        elif action == "copy":
+            await svc.role(ws_id, uid)  # any member may copy what they can read
+            ws = await svc.copy(wsmod.check_id(ws_id), uid, self.field(b, "name"))
+            out = {"workspace": {**ws, "owner": self.user.name, "role": "owner"}}
+        elif action == "share":
+            await svc.require(ws_id, uid, ("owner",))
+            role = b.get("role")
+            if role not in ("editor", "viewer", "none"):
+                raise ApiError(400, "bad_field", "role must be editor, viewer or none")
+            await svc.write(wsmod.db_share, wsmod.check_id(ws_id), self.field(b, "username"), role)
+        elif action == "publish":
+            await svc.require(ws_id, uid, ("owner", "editor"))
+            path = self.field(b, "path")
+            r = await svc.request(wsmod.check_id(ws_id), "read", {"path": path})
+            if r.get("type") != "read":
+                raise ApiError(400, str(r.get("code", "io")), str(r.get("message", "cannot read the file")))
+            if "text" not in r:
+                raise ApiError(400, "bad_field", "Only text files can be published")
+            slug = await self.backend.db.run(wsmod.db_publish, wsmod.check_id(ws_id), path, r["text"])
+            out = {"url": f"/pub/{slug}"}
+        elif action == "unpublish":
+            await svc.require(ws_id, uid, ("owner", "editor"))
+            await self.backend.db.run(wsmod.db_unpublish, wsmod.check_id(ws_id), self.field(b, "path"))
+        elif action == "save":
+            await svc.require(ws_id, uid, ("owner", "editor"))
+            out = await svc.save(
+                wsmod.check_id(ws_id), b.get("message") if isinstance(b.get("message"), str) else None
+            )
+        else:
+            raise ApiError(404, "not_found", f"No such action: {action}")
+        self.write_json(out)
+
+
+class PubRawHandler(ApiHandler):
+    """A published snapshot (no login): ``{path, workspace, text, published}``; pub.html renders it."""
+
+    async def prepare(self) -> None:
+        self.current_user = None
+
+    async def get(self, slug: str) -> None:
+        if not wsmod.SlugRe.match(slug):
+            raise ApiError(404, "not_found", "Not published")
+        pub = await self.backend.db.run(wsmod.db_publication, slug)
+        if pub is None:
+            raise ApiError(404, "not_found", "Not published")
+        self.write_json(pub)
+
+
+routes = [
+    (r"/api/workspaces", ListHandler),
+    (r"/api/workspaces/([^/]+)", OneHandler),
+    (r"/api/workspaces/([^/]+)/([a-z]+)", ActionHandler),
+    (r"/pub/([^/]+)/raw", PubRawHandler),
+]

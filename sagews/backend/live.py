@@ -1,0 +1,259 @@
+"""The client protocol over SockJS (docs/protocol-client.md).
+
+One ``LiveConnection`` per browser connection. Authentication is the session cookie (checked when
+the connection opens; code 4001 closes it when there is none) plus the CSRF token in ``hello`` and
+an Origin check. Each request is handled in its own task, so an ``interrupt`` overtakes a running
+``exec``. Every request is authorised by the caller's current role in the workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sockjs.tornado import SockJSConnection
+
+from sagews.backend.accounts import User
+from sagews.backend.handlers.base import lookup_user
+from sagews.backend.workers import WorkerUnavailable
+from sagews.backend.workspaces import WorkspaceError, check_id
+
+if TYPE_CHECKING:
+    from sagews.backend.app import BackendApp
+
+log = logging.getLogger("sagews.backend.live")
+PROTOCOL_VERSIONS = (1,)
+READ_OPS = frozenset({"ls", "read", "history"})
+WRITE_OPS = frozenset({"write", "rename", "delete", "exec", "interrupt", "restart"})
+# fields relayed to the worker per request type (anything else is dropped, never forwarded)
+RELAY_FIELDS: dict[str, tuple[str, ...]] = {
+    "ls": ("path",),
+    "read": ("path", "commit"),
+    "history": ("limit",),
+    "write": ("path", "text", "b64"),
+    "rename": ("src", "dst"),
+    "delete": ("path",),
+    "exec": ("code", "engine"),
+    "interrupt": (),
+    "restart": (),
+}
+MAX_ID = 2**53
+
+
+class ClientError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def valid_id(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_ID
+    return isinstance(value, str) and 0 < len(value) <= 128
+
+
+class LiveConnection(SockJSConnection):  # type: ignore[misc]
+    app: BackendApp  # set by BackendApp on a subclass
+
+    def on_open(self, info: Any) -> None:
+        self.user: User | None = None
+        self.said_hello = False
+        self.workspaces: dict[str, str] = {}  # workspace id -> role at open
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self.closed = False
+        self.xsrf_cookie = info.get_cookie("_xsrf").value if info.get_cookie("_xsrf") else None
+        self.app.metrics.sockjs_sessions += 1
+        self.app.live.add(self)
+        origin = info.get_header("Origin")
+        if origin and not self._origin_ok(origin, info.get_header("Host") or ""):
+            self.session.close(4003, "origin not allowed")
+            return
+        cookie = info.get_cookie(self.app.config.cookie_name)
+        self.ready: asyncio.Future[None] = asyncio.ensure_future(self._auth(cookie.value if cookie else None))
+
+    def _origin_ok(self, origin: str, host: str) -> bool:
+        if origin in self.app.config.allowed_origins:
+            return True
+        return urlsplit(origin).netloc == host
+
+    async def _auth(self, token: str | None) -> None:
+        self.user = await lookup_user(self.app, token)
+        if self.user is None:
+            self.session.close(4001, "login required")
+
+    def on_close(self) -> None:
+        self.closed = True
+        self.app.metrics.sockjs_sessions -= 1
+        self.app.live.discard(self)
+        for ws_id in list(self.workspaces):
+            self._leave(ws_id)
+        for t in self.tasks:
+            if not t.done():
+                t.cancel()
+
+    # sending -------------------------------------------------------------------------------------
+    def send_json(self, msg: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        self.app.metrics.messages_out += 1
+        self.send(json.dumps(msg, separators=(",", ":")))
+
+    def error(self, re_: Any, code: str, message: str) -> None:
+        self.app.metrics.errors_sent += 1
+        self.send_json({"type": "error", "re": re_, "code": code, "message": message})
+
+    # receiving -----------------------------------------------------------------------------------
+    def on_message(self, raw: str) -> None:
+        self.app.metrics.messages_in += 1
+        if len(raw) > self.app.config.max_message:
+            self.error(None, "too_large", f"message longer than {self.app.config.max_message} bytes")
+            return
+        try:
+            msg = json.loads(raw)
+        except (ValueError, RecursionError):
+            self.error(None, "bad_json", "message is not valid JSON")
+            return
+        if not isinstance(msg, dict):
+            self.error(None, "bad_message", "a message must be a JSON object")
+            return
+        if not valid_id(msg.get("id")):
+            self.error(
+                None, "bad_message", "id must be an integer (|id| <= 2^53) or a string of 1-128 characters"
+            )
+            return
+        if not isinstance(msg.get("type"), str):
+            self.error(msg["id"], "bad_message", "type must be a string")
+            return
+        if msg["type"] == "ping":  # answered at once (latency probe, keep-alive)
+            self.send_json({"type": "pong", "re": msg["id"]})
+            return
+        task = asyncio.ensure_future(self._handle(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _handle(self, msg: dict[str, Any]) -> None:
+        re_ = msg["id"]
+        try:
+            await self.ready
+            if self.user is None:
+                return
+            await self.dispatch(msg)
+        except ClientError as exc:
+            self.error(re_, exc.code, exc.message)
+        except WorkspaceError as exc:
+            self.error(re_, exc.code, exc.message)
+        except WorkerUnavailable:
+            self.error(re_, "worker_lost", "The compute worker went away; try again")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request %r failed", msg.get("type"))
+            self.error(re_, "internal", "internal error (logged)")
+
+    async def dispatch(self, msg: dict[str, Any]) -> None:
+        kind, re_ = msg["type"], msg["id"]
+        if self.user is None:
+            return
+        if kind == "hello":
+            versions = msg.get("versions")
+            if not isinstance(versions, list) or not set(versions) & set(PROTOCOL_VERSIONS):
+                raise ClientError(
+                    "bad_version", f"this backend speaks protocol versions {list(PROTOCOL_VERSIONS)}"
+                )
+            if self.xsrf_cookie is not None and msg.get("xsrf") != self.xsrf_cookie:
+                raise ClientError("xsrf", "hello.xsrf must repeat the _xsrf cookie")
+            self.said_hello = True
+            version = max(set(versions) & set(PROTOCOL_VERSIONS))
+            self.send_json(
+                {
+                    "type": "hello",
+                    "re": re_,
+                    "version": version,
+                    "server": "sagews-backend",
+                    "user": self.user.name,
+                }
+            )
+            return
+        if not self.said_hello:
+            raise ClientError("hello_required", "send hello first")
+        svc = self.app.workspaces
+        if kind == "open":
+            ws_id = check_id(msg.get("workspace"))
+            role = await svc.role(ws_id, self.user.id)
+            await svc.ensure_open(ws_id)
+            self.workspaces[ws_id] = role
+            self.app.presence.setdefault(ws_id, set()).add(self)
+            self.send_json(
+                {"type": "opened", "re": re_, "session": ws_id, "workspace": ws_id, "role": role,
+                 "presence": self._names(ws_id)}
+            )  # fmt: skip
+            self._broadcast_presence(ws_id)
+            return
+        if kind == "leave":
+            ws_id = self._session(msg)
+            self._leave(ws_id)
+            self.send_json({"type": "ok", "re": re_})
+            return
+        if kind not in RELAY_FIELDS and kind != "save":
+            raise ClientError("unknown_type", f"unknown message type {kind[:64]!r}")
+        ws_id = self._session(msg)
+        role = await svc.role(ws_id, self.user.id)  # current role: a revoked share takes effect at once
+        self.workspaces[ws_id] = role
+        if (kind in WRITE_OPS or kind == "save") and role == "viewer":
+            raise ClientError("forbidden", "Read-only: you are a viewer of this workspace")
+        if kind == "save":
+            message = msg.get("message")
+            if message is not None and not isinstance(message, str):
+                raise ClientError("bad_field", "message must be a string")
+            r = await svc.save(ws_id, message)
+            self.send_json({**r, "re": re_})
+            return
+        fields = {k: msg[k] for k in RELAY_FIELDS[kind] if k in msg and msg[k] is not None}
+        t0 = time.perf_counter()
+
+        def frame(f: dict[str, Any]) -> None:
+            self.send_json({**f, "re": re_, "session": ws_id})
+
+        r = await svc.request(ws_id, kind, fields, on_frame=frame if kind == "exec" else None)
+        if kind == "exec":
+            self.app.metrics.execute.observe(time.perf_counter() - t0)
+        out = {**r, "re": re_}
+        if "session" in out:
+            out["session"] = ws_id
+        self.send_json(out)
+        if kind in ("write", "rename", "delete") and r.get("type") != "error":
+            path = msg.get("path") or msg.get("dst")
+            note = {"type": "file_changed", "workspace": ws_id, "path": path, "by": self.user.name}
+            for c in list(self.app.presence.get(ws_id, ())):
+                if c is not self:
+                    c.send_json(note)
+
+    def _session(self, msg: dict[str, Any]) -> str:
+        ws_id = msg.get("session")
+        if not isinstance(ws_id, str) or ws_id not in self.workspaces:
+            raise ClientError("no_session", "open the workspace first (session from opened)")
+        return ws_id
+
+    def _names(self, ws_id: str) -> list[str]:
+        return sorted({c.user.name for c in self.app.presence.get(ws_id, ()) if c.user is not None})
+
+    def _broadcast_presence(self, ws_id: str) -> None:
+        note = {"type": "presence", "workspace": ws_id, "users": self._names(ws_id)}
+        for c in list(self.app.presence.get(ws_id, ())):
+            c.send_json(note)
+
+    def _leave(self, ws_id: str) -> None:
+        self.workspaces.pop(ws_id, None)
+        conns = self.app.presence.get(ws_id)
+        if conns is not None:
+            conns.discard(self)
+            if not conns:
+                self.app.presence.pop(ws_id, None)
+        self._broadcast_presence(ws_id)

@@ -1,0 +1,67 @@
+"""Process-local counters and a latency histogram, rendered as Prometheus text (``/metrics``)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Histogram:
+    buckets: tuple[float, ...] = BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.n += 1
+
+    def render(self, name: str) -> list[str]:
+        out, acc = [], 0
+        for le, c in zip(self.buckets, self.counts, strict=False):
+            acc += c
+            out.append(f'{name}_bucket{{le="{le}"}} {acc}')
+        out.append(f'{name}_bucket{{le="+Inf"}} {self.n}')
+        out += [f"{name}_sum {self.total:.6f}", f"{name}_count {self.n}"]
+        return out
+
+
+@dataclass
+class Metrics:
+    sockjs_sessions: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    errors_sent: int = 0
+    logins_ok: int = 0
+    logins_failed: int = 0
+    logins_limited: int = 0
+    saves: int = 0
+    execute: Histogram = field(default_factory=Histogram)
+
+    def render(self, extra: dict[str, float]) -> str:
+        lines = [
+            "# TYPE sagews_sockjs_sessions gauge",
+            f"sagews_sockjs_sessions {self.sockjs_sessions}",
+            "# TYPE sagews_messages_in_total counter",
+            f"sagews_messages_in_total {self.messages_in}",
+            "# TYPE sagews_messages_out_total counter",
+            f"sagews_messages_out_total {self.messages_out}",
+            "# TYPE sagews_errors_sent_total counter",
+            f"sagews_errors_sent_total {self.errors_sent}",
+            "# TYPE sagews_logins_total counter",
+            f'sagews_logins_total{{result="ok"}} {self.logins_ok}',
+            f'sagews_logins_total{{result="failed"}} {self.logins_failed}',
+            f'sagews_logins_total{{result="rate_limited"}} {self.logins_limited}',
+            "# TYPE sagews_saves_total counter",
+            f"sagews_saves_total {self.saves}",
+            "# TYPE sagews_execute_seconds histogram",
+            *self.execute.render("sagews_execute_seconds"),
+        ]
+        for name, value in sorted(extra.items()):
+            lines.append(f"# TYPE {name} gauge")
+            lines.append(f"{name} {value:g}")
+        return "\n".join(lines) + "\n"

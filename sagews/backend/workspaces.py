@@ -1,0 +1,544 @@
+"""Workspaces: DB rows, placement on workers, saves as incremental git bundles, sharing, publishing.
+
+Durability rule: a save is acknowledged only after the bundle's row is COMMITted. The DB holds the
+bundle chain (``seq`` 0.. with ``parent_seq``; a base bundle has ``parent_seq`` NULL and starts a new
+chain); opening a workspace on a worker that does not have its newest commit restores it from the
+newest chain. A dead worker's workspaces therefore reopen elsewhere from their last save.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from sagews.backend.cache import Cache
+from sagews.backend.metrics import Metrics
+from sagews.backend.workers import FrameCallback, WorkerLink, WorkerPool, WorkerUnavailable
+from sagews.db import Database
+from sagews.db.models import Account, Collaborator, Publication, Role, Workspace, WorkspaceBundle
+from sagews.db.types import utcnow
+
+log = logging.getLogger("sagews.backend.workspaces")
+NAME_MAX = 200
+WRITE_OPS = frozenset({"write", "rename", "delete", "save", "exec", "interrupt", "restart"})
+
+
+class WorkspaceError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
+        raise WorkspaceError("bad_field", f"A workspace name is 1-{NAME_MAX} characters")
+    return name.strip()
+
+
+def check_id(ws_id: object) -> str:
+    if not isinstance(ws_id, str) or len(ws_id) > 36:
+        raise WorkspaceError("not_found", "No such workspace", 404)
+    try:
+        return str(uuid.UUID(ws_id))
+    except ValueError:
+        raise WorkspaceError("not_found", "No such workspace", 404) from None
+
+
+# --- DB functions ----------------------------------------------------------------------------------
+
+
+def _ws(s: Session, ws_id: str) -> Workspace:
+    w = s.get(Workspace, ws_id)
+    if w is None or w.deleted:
+        raise WorkspaceError("not_found", "No such workspace", 404)
+    return w
+
+
+def db_create(s: Session, owner_id: int, name: str, ws_id: str | None = None) -> dict[str, Any]:
+    w = Workspace(id=ws_id or str(uuid.uuid4()), name=name, owner_id=owner_id, last_activity=utcnow())
+    s.add(w)
+    s.add(Collaborator(workspace_id=w.id, account_id=owner_id, role=Role.owner))
+    s.flush()
+    return {"id": w.id, "name": w.name}
+
+
+def db_meta(s: Session, ws_id: str) -> dict[str, Any]:
+    w = _ws(s, ws_id)
+    owner = s.get(Account, w.owner_id)
+    members = {
+        str(c.account_id): str(c.role)
+        for c in s.scalars(select(Collaborator).where(Collaborator.workspace_id == ws_id))
+    }
+    members[str(w.owner_id)] = "owner"
+    return {
+        "id": w.id,
+        "name": w.name,
+        "owner_id": w.owner_id,
+        "owner": owner.name if owner else "?",
+        "members": members,
+        "worker_id": w.worker_id,
+        "head_commit": w.head_commit,
+        "last_activity": w.last_activity.timestamp() if w.last_activity else None,
+    }
+
+
+def db_list(s: Session, account_id: int) -> list[dict[str, Any]]:
+    rows = s.execute(
+        select(Workspace, Collaborator.role, Account.name)
+        .join(Collaborator, Collaborator.workspace_id == Workspace.id)
+        .join(Account, Account.id == Workspace.owner_id)
+        .where(Collaborator.account_id == account_id, Workspace.deleted.is_(False))
+        .order_by(Workspace.last_activity.desc())
+    ).all()
+    return [
+        {
+            "id": w.id,
+            "name": w.name,
+            "owner": owner,
+            "role": "owner" if w.owner_id == account_id else str(role),
+            "last_activity": w.last_activity.timestamp() if w.last_activity else None,
+        }
+        for w, role, owner in rows
+    ]
+
+
+def db_list_all(s: Session) -> list[dict[str, Any]]:
+    rows = s.execute(
+        select(Workspace, Account.name)
+        .join(Account, Account.id == Workspace.owner_id)
+        .where(Workspace.deleted.is_(False))
+        .order_by(Workspace.created)
+    ).all()
+    return [
+        {"id": w.id, "name": w.name, "owner": owner, "worker_id": w.worker_id, "head": w.head_commit}
+        for w, owner in rows
+    ]
+
+
+def db_rename(s: Session, ws_id: str, name: str) -> None:
+    w = _ws(s, ws_id)
+    w.name = name
+    w.updated = utcnow()
+
+
+def db_delete(s: Session, ws_id: str) -> None:
+    w = _ws(s, ws_id)
+    w.deleted = True
+    w.worker_id = None
+    w.updated = utcnow()
+
+
+def db_members(s: Session, ws_id: str) -> list[dict[str, str]]:
+    rows = s.execute(
+        select(Account.name, Collaborator.role)
+        .join(Collaborator, Collaborator.account_id == Account.id)
+        .where(Collaborator.workspace_id == ws_id)
+        .order_by(Account.name)
+    ).all()
+    return [{"name": n, "role": str(r)} for n, r in rows]
+
+
+def db_share(s: Session, ws_id: str, username: str, role: str) -> None:
+    w = _ws(s, ws_id)
+    acc = s.scalar(select(Account).where(Account.email == username.lower()))
+    if acc is None:
+        raise WorkspaceError("no_user", f"No user called {username}", 404)
+    if acc.id == w.owner_id:
+        raise WorkspaceError("bad_field", "The owner's role cannot be changed")
+    c = s.get(Collaborator, (ws_id, acc.id))
+    if role == "none":
+        if c is not None:
+            s.delete(c)
+    elif c is None:
+        s.add(Collaborator(workspace_id=ws_id, account_id=acc.id, role=Role(role)))
+    else:
+        c.role = Role(role)
+
+
+def db_store_bundle(s: Session, ws_id: str, data: bytes, base: bool, commit: str) -> int:
+    """Append one bundle to the workspace's chain; returns its seq. Raises IntegrityError on a race."""
+    w = _ws(s, ws_id)
+    last = s.scalar(select(func.max(WorkspaceBundle.seq)).where(WorkspaceBundle.workspace_id == ws_id))
+    seq = 0 if last is None else last + 1
+    s.add(
+        WorkspaceBundle(
+            workspace_id=ws_id,
+            seq=seq,
+            parent_seq=None if base or last is None else last,
+            data=data,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            commit=commit,
+        )
+    )
+    w.head_commit = commit
+    w.updated = w.last_activity = utcnow()
+    s.flush()
+    return seq
+
+
+def db_chain(s: Session, ws_id: str) -> list[bytes]:
+    """The newest chain: the last base bundle (parent_seq NULL) and every bundle after it, in order."""
+    base = s.scalar(
+        select(func.max(WorkspaceBundle.seq)).where(
+            WorkspaceBundle.workspace_id == ws_id, WorkspaceBundle.parent_seq.is_(None)
+        )
+    )
+    if base is None:
+        return []
+    rows = s.scalars(
+        select(WorkspaceBundle)
+        .where(WorkspaceBundle.workspace_id == ws_id, WorkspaceBundle.seq >= base)
+        .order_by(WorkspaceBundle.seq)
+    ).all()
+    out = []
+    for b in rows:
+        if hashlib.sha256(b.data).hexdigest() != b.sha256:
+            raise WorkspaceError("corrupt", f"bundle {b.seq} of workspace {ws_id} fails its checksum", 500)
+        out.append(b.data)
+    return out
+
+
+def db_bundle_count(s: Session, ws_id: str) -> int:
+    return int(
+        s.scalar(
+            select(func.count()).select_from(WorkspaceBundle).where(WorkspaceBundle.workspace_id == ws_id)
+        )
+        or 0
+    )
+
+
+def db_copy(s: Session, ws_id: str, owner_id: int, name: str) -> dict[str, Any]:
+    src = _ws(s, ws_id)
+    new = db_create(s, owner_id, name)
+    for b in s.scalars(
+        select(WorkspaceBundle).where(WorkspaceBundle.workspace_id == ws_id).order_by(WorkspaceBundle.seq)
+    ):
+        s.add(
+            WorkspaceBundle(
+                workspace_id=new["id"],
+                seq=b.seq,
+                parent_seq=b.parent_seq,
+                data=b.data,
+                sha256=b.sha256,
+                size=b.size,
+                commit=b.commit,
+            )
+        )
+    w = s.get(Workspace, new["id"])
+    if w is not None:
+        w.head_commit = src.head_commit
+    return new
+
+
+def db_place(s: Session, ws_id: str, worker_id: int | None) -> None:
+    w = s.get(Workspace, ws_id)
+    if w is not None:
+        w.worker_id = worker_id
+        w.last_activity = utcnow()
+
+
+def db_publish(s: Session, ws_id: str, path: str, text: str) -> str:
+    _ws(s, ws_id)
+    p = s.scalar(select(Publication).where(Publication.workspace_id == ws_id, Publication.path == path))
+    if p is None:
+        p = Publication(workspace_id=ws_id, path=path, slug=secrets.token_urlsafe(12), html=text)
+        s.add(p)
+    else:
+        p.html = text
+        p.updated = utcnow()
+    s.flush()
+    return p.slug
+
+
+def db_unpublish(s: Session, ws_id: str, path: str) -> None:
+    p = s.scalar(select(Publication).where(Publication.workspace_id == ws_id, Publication.path == path))
+    if p is not None:
+        s.delete(p)
+
+
+def db_published(s: Session, ws_id: str) -> list[dict[str, Any]]:
+    return [
+        {"path": p.path, "url": f"/pub/{p.slug}", "updated": p.updated.timestamp()}
+        for p in s.scalars(select(Publication).where(Publication.workspace_id == ws_id))
+    ]
+
+
+def db_publication(s: Session, slug: str) -> dict[str, Any] | None:
+    row = s.execute(
+        select(Publication, Workspace.name)
+        .join(Workspace, Workspace.id == Publication.workspace_id)
+        .where(Publication.slug == slug, Workspace.deleted.is_(False))
+    ).first()
+    if row is None:
+        return None
+    p, name = row
+    return {"path": p.path, "workspace": name, "text": p.html, "published": p.updated.timestamp()}
+
+
+# --- the live side ---------------------------------------------------------------------------------
+
+
+@dataclass
+class OpenWorkspace:
+    id: str
+    link: WorkerLink
+    session: str
+    running: int = 0
+    dirty: bool = False
+    last_activity: float = field(default_factory=time.monotonic)
+
+
+SlugRe = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Workspaces:
+    def __init__(self, db: Database, cache: Cache, pool: WorkerPool, metrics: Metrics) -> None:
+        self.db = db
+        self.cache = cache
+        self.pool = pool
+        self.metrics = metrics
+        self.open: dict[str, OpenWorkspace] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.save_locks: dict[str, asyncio.Lock] = {}
+        self.on_closed: Callable[[str, str], None] | None = None
+        self.presence: dict[str, set[Any]] = {}  # workspace id -> live connections of this backend
+        pool.on_down = self._worker_down
+        pool.on_unsolicited = self._unsolicited
+
+    # metadata (cached) ---------------------------------------------------------------------------
+    async def meta(self, ws_id: str) -> dict[str, Any]:
+        ws_id = check_id(ws_id)
+        cached = await self.cache.get(f"ws:{ws_id}")
+        if isinstance(cached, dict):
+            return cached
+        m = await self.db.run(db_meta, ws_id)
+        await self.cache.set(f"ws:{ws_id}", m)
+        return m
+
+    async def invalidate(self, ws_id: str) -> None:
+        await self.cache.delete(f"ws:{ws_id}")
+
+    async def role(self, ws_id: str, account_id: int) -> str:
+        """The account's role, or WorkspaceError not_found (strangers learn nothing)."""
+        m = await self.meta(ws_id)
+        role = m["members"].get(str(account_id))
+        if role is None:
+            raise WorkspaceError("not_found", "No such workspace", 404)
+        return str(role)
+
+    async def require(self, ws_id: str, account_id: int, roles: tuple[str, ...]) -> str:
+        role = await self.role(ws_id, account_id)
+        if role not in roles:
+            raise WorkspaceError("forbidden", f"You are a {role} of this workspace: not allowed", 403)
+        return role
+
+    async def write(self, fn: Callable[..., Any], ws_id: str, *args: Any) -> Any:
+        """A DB write about one workspace, then the cache entry is dropped."""
+        try:
+            return await self.db.run(fn, ws_id, *args)
+        finally:
+            await self.invalidate(ws_id)
+
+    # lifecycle -----------------------------------------------------------------------------------
+    async def create(self, owner_id: int, name: str) -> dict[str, Any]:
+        """A DB row; the git repository is created on a worker when the workspace is first opened."""
+        return await self.db.run(db_create, owner_id, check_name(name))
+
+    async def ensure_open(self, ws_id: str) -> OpenWorkspace:
+        ow = self.open.get(ws_id)
+        if ow is not None and ow.link.connected and ow.link.healthy:
+            return ow
+        lock = self.locks.setdefault(ws_id, asyncio.Lock())
+        async with lock:
+            ow = self.open.get(ws_id)
+            if ow is not None and ow.link.connected and ow.link.healthy:
+                return ow
+            self.open.pop(ws_id, None)
+            m = await self.meta(ws_id)
+            tried: set[int] = set()
+            for _ in range(3):
+                link = self.pool.links.get(m["worker_id"]) if m["worker_id"] is not None else None
+                if link is None or not link.healthy or link.id in tried:
+                    link = self.pool.pick(exclude=tried)
+                if link is None:
+                    raise WorkspaceError("no_worker", "No compute worker is available; try again soon", 503)
+                tried.add(link.id)
+                try:
+                    ow = await self._open_on(link, ws_id, m["head_commit"])
+                except WorkerUnavailable as exc:
+                    log.warning("opening %s on worker %s failed: %s", ws_id, link.id, exc)
+                    link.healthy = False
+                    continue
+                if m["worker_id"] != link.id:
+                    await self.write(db_place, ws_id, link.id)
+                self.open[ws_id] = ow
+                return ow
+            raise WorkspaceError("no_worker", "No compute worker could open this workspace", 503)
+
+    async def _open_on(self, link: WorkerLink, ws_id: str, head: str | None) -> OpenWorkspace:
+        r = await link.call("open", workspace=ws_id)
+        if r.get("type") != "opened":
+            raise WorkspaceError(str(r.get("code", "worker")), str(r.get("message", "open failed")), 502)
+        session = str(r["session"])
+        if head is not None and not await self._has_head(link, session, head):
+            chain = await self.db.run(db_chain, ws_id)
+            if chain:
+                rr = await link.call(
+                    "restore", session=session, bundles=[base64.b64encode(b).decode() for b in chain]
+                )
+                if rr.get("type") != "restored":
+                    raise WorkspaceError(str(rr.get("code")), f"restore failed: {rr.get('message')}", 502)
+        return OpenWorkspace(ws_id, link, session)
+
+    async def _has_head(self, link: WorkerLink, session: str, head: str) -> bool:
+        r = await link.call("history", session=session, limit=1)
+        commits = r.get("commits") or []
+        return bool(r.get("type") == "history" and commits and commits[0].get("commit") == head)
+
+    def _worker_down(self, link: WorkerLink) -> None:
+        for ws_id, ow in list(self.open.items()):
+            if ow.link is link:
+                self.open.pop(ws_id, None)
+                if self.on_closed is not None:
+                    self.on_closed(ws_id, "worker down")
+
+    def _unsolicited(self, link: WorkerLink, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "closed":
+            for ws_id, ow in list(self.open.items()):
+                if ow.link is link and ow.session == msg.get("session"):
+                    self.open.pop(ws_id, None)
+        elif msg.get("type") == "shutdown":
+            self._worker_down(link)
+
+    async def request(
+        self, ws_id: str, kind: str, fields: dict[str, Any], on_frame: FrameCallback | None = None
+    ) -> dict[str, Any]:
+        """Relay one session request to the workspace's worker (opening/reopening it as needed)."""
+        for attempt in range(2):
+            ow = await self.ensure_open(ws_id)
+            ow.last_activity = time.monotonic()
+            if kind in WRITE_OPS and kind != "save":
+                ow.dirty = True
+            if kind == "exec":
+                ow.running += 1
+            try:
+                timeout = None if kind == "exec" else 120.0
+                r = await ow.link.call(kind, on_frame=on_frame, timeout=timeout, session=ow.session, **fields)
+            except WorkerUnavailable:
+                self.open.pop(ws_id, None)
+                ow.link.healthy = False
+                if kind == "exec" or attempt:
+                    raise WorkspaceError(
+                        "worker_lost",
+                        "The compute worker went away; the workspace reopens from its last save",
+                    ) from None
+                continue
+            finally:
+                if kind == "exec":
+                    ow.running -= 1
+            if r.get("type") == "error" and r.get("code") == "no_session" and not attempt:
+                self.open.pop(ws_id, None)  # closed by the worker (idle): open again
+                continue
+            return r
+        raise WorkspaceError("worker_lost", "The workspace could not be reopened")
+
+    async def save(self, ws_id: str, message: str | None = None) -> dict[str, Any]:
+        """Commit on the worker, store the bundle (one transaction), reply only after COMMIT."""
+        lock = self.save_locks.setdefault(ws_id, asyncio.Lock())
+        async with lock:
+            fields: dict[str, Any] = {} if message is None else {"message": message}
+            r = await self.request(ws_id, "save", fields)
+            if r.get("type") != "saved":
+                return r
+            ow = self.open.get(ws_id)
+            if r.get("unchanged"):
+                if ow is not None:
+                    ow.dirty = False
+                return {"type": "saved", "commit": r["commit"], "unchanged": True}
+            if r.get("bundle_omitted") or not isinstance(r.get("bundle"), str):
+                raise WorkspaceError(
+                    "too_large", "This save is too large to store (bundle over the frame limit)"
+                )
+            try:
+                data = base64.b64decode(r["bundle"], validate=True)
+            except binascii.Error:
+                raise WorkspaceError("bad_bundle", "The worker sent an unreadable bundle", 502) from None
+            for attempt in range(3):  # another backend may append concurrently: retry on the unique key
+                try:
+                    seq = await self.write(db_store_bundle, ws_id, data, bool(r.get("base")), r["commit"])
+                    break
+                except IntegrityError:
+                    if attempt == 2:
+                        raise
+            self.metrics.saves += 1
+            if ow is not None:
+                ow.dirty = False
+            return {
+                "type": "saved",
+                "commit": r["commit"],
+                "seq": seq,
+                "size": len(data),
+                "base": r.get("base"),
+            }
+
+    async def close(self, ws_id: str, save: bool = True) -> None:
+        ow = self.open.get(ws_id)
+        if ow is None:
+            return
+        if save and ow.dirty:
+            try:
+                await self.save(ws_id, "autosave before close")
+            except (WorkspaceError, WorkerUnavailable) as exc:
+                log.warning("save before closing %s failed: %s", ws_id, exc)
+                return  # keep it open: never drop unsaved work silently
+        self.open.pop(ws_id, None)
+        with contextlib.suppress(WorkerUnavailable):
+            await ow.link.call("close", session=ow.session, timeout=30)
+        await self.write(db_place, ws_id, None)
+
+    async def delete(self, ws_id: str) -> None:
+        await self.close(ws_id, save=False)
+        await self.write(db_delete, ws_id)
+
+    async def copy(self, ws_id: str, owner_id: int, name: str) -> dict[str, Any]:
+        if ws_id in self.open and self.open[ws_id].dirty:
+            await self.save(ws_id, "save before copy")
+        return await self.db.run(db_copy, ws_id, owner_id, check_name(name))
+
+    async def housekeeping(self, idle_close: float) -> None:
+        """Autosave dirty workspaces; close idle ones that nobody watches and that compute nothing."""
+        now = time.monotonic()
+        for ws_id, ow in list(self.open.items()):
+            try:
+                if ow.running == 0 and not self.presence.get(ws_id) and now - ow.last_activity > idle_close:
+                    await self.close(ws_id)
+                elif ow.dirty and ow.running == 0:
+                    await self.save(ws_id, "autosave")
+            except (WorkspaceError, WorkerUnavailable) as exc:
+                log.warning("housekeeping of %s: %s", ws_id, exc)
+
+    async def run_housekeeping(self, interval: float, idle_close: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.housekeeping(idle_close)
+            except Exception:
+                log.exception("housekeeping failed")
