@@ -266,6 +266,8 @@
       },
       // onFrame gets stream/display/result/exception frames; resolves with the final "done" frame
       exec: (code, engine, onFrame) => r("exec", { code, engine }, onFrame),
+      // this page no longer shows the workspace (presence); the engine keeps running for the others
+      leave: () => (sid ? r("leave") : Promise.resolve()),
       interrupt: () => r("interrupt"),
       restart: () => r("restart"),
     };

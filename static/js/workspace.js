@@ -138,7 +138,9 @@
     leave() {
       window.removeEventListener("pagehide", this.onPageHide);
       this.storeDraft();
-      if (this.dirty) this.write();
+      const bye = () => this.session.leave().catch(() => {}); // presence; nothing else depends on it
+      if (this.dirty) this.write().then(bye);
+      else bye();
       document.body.classList.remove("read-only");
     }
 

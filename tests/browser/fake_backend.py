@@ -367,6 +367,15 @@ class Conn(SockJSConnection):
             self.ws = m["workspace"]
             self.reply(m, type="opened", session=self.ws, role=role_of(w, self.user), presence=[])
             return self.broadcast_presence()
+        if t == "leave":
+            ws, self.ws = self.ws, None
+            self.reply(m, type="ok")
+            if ws:
+                users = sorted({c.user for c in CONNS if c.ws == ws})
+                for c in CONNS:
+                    if c.ws == ws:
+                        c.send(json.dumps({"type": "presence", "workspace": ws, "users": users}))
+            return None
         w = WS[self.ws]
         ro = role_of(w, self.user) == "viewer"
         if ro and t in ("write", "rename", "delete", "save", "exec", "interrupt", "restart"):

@@ -243,6 +243,9 @@ def journey(browser, base, prefix):
     expect(alice.locator(".presence")).to_contain_text("bob", timeout=20000)
     snap(bob, "08-bob-read-only")
     snap(alice, "09-presence")
+    bob.locator("a.back").click()  # bob leaves the workspace: alice sees it
+    expect(bob.locator("#create-ws")).to_be_visible()
+    expect(alice.locator(".presence")).not_to_contain_text("bob")
 
     # publish and read it logged out
     alice.click("#publish")
