@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -73,13 +74,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def dev_server(tmp_path_factory, vendor_built):
+def dev_server(vendor_built):
     reason, help_text = dev_help()
     if reason:
         print(f"SKIP browser journey: {reason}")
         pytest.skip(reason)
     port = free_port()
-    data = tmp_path_factory.mktemp("sagews-dev")
+    # not under pytest's 0700 tmp tree: the worker's workspace users must traverse to their checkouts
+    data = Path(tempfile.mkdtemp(prefix="sagews-browser-dev-", dir="/tmp"))
+    data.chmod(0o755)
     cmd = dev_command(help_text, port, data)
     log_path = shot_dir() / "sagews-dev.log"
     log = open(log_path, "w")  # noqa: SIM115 (closed below)
@@ -111,6 +114,7 @@ def dev_server(tmp_path_factory, vendor_built):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def snap(page, name):
