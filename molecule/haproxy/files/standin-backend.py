@@ -27,4 +27,4 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()  # noqa: S104 (a test container)
