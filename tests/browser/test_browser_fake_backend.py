@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from browser_helpers import ROOT, ConsoleWatch, shot_dir
 from playwright.sync_api import expect
-from test_browser_journey import free_port, journey, signup
+from test_browser_journey import dev_help, free_port, journey, signup
 
 FAKE = Path(__file__).with_name("fake_backend.py")
 
@@ -361,6 +361,8 @@ def worker_backend(vendor_built):
 
 def test_journey_with_a_real_worker(browser, worker_backend):
     """Real Sage (when installed) or Python output, real git saves, history and reads at a commit."""
+    if dev_help()[0] is None and not os.environ.get("SAGEWS_DEV_CMD"):
+        pytest.skip("covered by test_browser_journey.py against `sagews dev` (same journey, real backend)")
     journey(browser, worker_backend, "worker-journey")
 
 
