@@ -107,6 +107,7 @@ class SockClient:
         self._buf = b""
         self._task: asyncio.Task[Any] | None = None
         self.pending: list[dict[str, Any]] = []
+        self.waiters: dict[Any, asyncio.Queue[dict[str, Any]]] = {}
 
     async def connect(self, hello: bool = True) -> SockClient:
         headers = {"Cookie": self.user.cookie_header()}
@@ -135,12 +136,16 @@ class SockClient:
         if f == "o":
             self.opened.set()
         elif f.startswith("a"):
-            for m in json.loads(f[1:]):
-                self.inbox.put_nowait(json.loads(m))
+            for raw in json.loads(f[1:]):
+                m = json.loads(raw)
+                q = self.waiters.get(m.get("re"))
+                (q or self.inbox).put_nowait(m)
         elif f.startswith("c"):
             self.closed = json.loads(f[1:])
             self.opened.set()
             self.inbox.put_nowait({"type": "_closed", "close": self.closed})
+            for q in self.waiters.values():
+                q.put_nowait({"type": "_closed", "close": self.closed})
 
     async def _ws_loop(self) -> None:
         assert self.ws is not None
@@ -186,19 +191,23 @@ class SockClient:
 
     async def frames(self, msg: dict[str, Any], timeout: float = 60) -> list[dict[str, Any]]:
         """Send a request; every frame about it, ending with the final one. Others are kept in pending."""
-        rid = await self.send(msg)
-        out = []
-        deadline = time.monotonic() + timeout
-        while True:
-            m = await self.recv(max(0.1, deadline - time.monotonic()))
-            if m.get("type") == "_closed":
-                raise ConnectionError(f"closed: {m['close']}")
-            if m.get("re") != rid:
-                self.pending.append(m)
-                continue
-            out.append(m)
-            if m["type"] not in ("stream", "display", "result", "exception"):
-                return out
+        msg.setdefault("id", next(self.ids))
+        rid = msg["id"]
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.waiters[rid] = q
+        try:
+            await self.send(msg)
+            out = []
+            deadline = time.monotonic() + timeout
+            while True:
+                m = await asyncio.wait_for(q.get(), max(0.1, deadline - time.monotonic()))
+                if m.get("type") == "_closed":
+                    raise ConnectionError(f"closed: {m['close']}")
+                out.append(m)
+                if m["type"] not in ("stream", "display", "result", "exception"):
+                    return out
+        finally:
+            self.waiters.pop(rid, None)
 
     async def request(self, msg: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
         return (await self.frames(msg, timeout))[-1]

@@ -1,0 +1,244 @@
+"""The client protocol over real SockJS transports, against a real worker, PostgreSQL and memcached."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.backend.conftest import Backend
+from tests.backend.helpers import HttpUser, SockClient
+
+
+async def make_ws(u: HttpUser, name: str = "ws") -> str:
+    code, body = await u.req("POST", "/api/workspaces", {"name": name})
+    assert code == 200, body
+    return str(body["workspace"]["id"])
+
+
+@pytest.mark.parametrize("transport", ["websocket", "xhr_streaming"])
+async def test_journey(backend: Backend, transport: str) -> None:
+    u = await backend.new_user()
+    ws = await make_ws(u, "Journey ✓")
+    c = await SockClient(u, transport).connect()
+    try:
+        opened = await c.request({"type": "open", "workspace": ws})
+        assert opened["type"] == "opened" and opened["role"] == "owner", opened
+        assert opened["session"] == ws
+        r = await c.request({"type": "write", "session": ws, "path": "a.py", "text": "x = 'héllo ✓'\n"})
+        assert r["type"] == "write", r
+        frames = await c.frames(
+            {"type": "exec", "session": ws, "code": "exec(open('a.py').read()); print(x); 6*7"}
+        )
+        assert frames[-1]["type"] == "done" and frames[-1]["status"] == "ok", frames
+        assert any(f["type"] == "stream" and "héllo ✓" in f["text"] for f in frames)
+        assert any(f["type"] == "result" and f["data"]["text/plain"] == "42" for f in frames)
+        s1 = await c.request({"type": "save", "session": ws, "message": "first"})
+        assert s1["type"] == "saved" and s1["seq"] == 0, s1
+        await c.request({"type": "write", "session": ws, "path": "a.py", "text": "x = 2\n"})
+        s2 = await c.request({"type": "save", "session": ws, "message": "second"})
+        assert s2["seq"] == 1 and not s2["base"], s2
+        hist = await c.request({"type": "history", "session": ws})
+        assert [h["message"] for h in hist["commits"][:2]] == ["second", "first"]
+        old = await c.request({"type": "read", "session": ws, "path": "a.py", "commit": s1["commit"]})
+        assert old["text"] == "x = 'héllo ✓'\n"
+        same = await c.request({"type": "save", "session": ws})
+        assert same.get("unchanged") is True
+    finally:
+        await c.close()
+    m = (await u.req("GET", "/metrics"))[1].decode()
+    assert "sagews_execute_seconds_count 1" in m
+
+
+async def test_authorization(backend: Backend) -> None:
+    owner = await backend.new_user("owner1")
+    viewer = await backend.new_user("viewer1")
+    stranger = await backend.new_user("stranger1")
+    ws = await make_ws(owner)
+    code, _ = await owner.req(
+        "POST", f"/api/workspaces/{ws}/share", {"username": "viewer1", "role": "viewer"}
+    )
+    assert code == 200
+    co = await SockClient(owner).connect()
+    cv = await SockClient(viewer).connect()
+    cs = await SockClient(stranger).connect()
+    try:
+        await co.request({"type": "open", "workspace": ws})
+        await co.request({"type": "write", "session": ws, "path": "f.txt", "text": "secret"})
+        # the stranger learns nothing and can do nothing
+        r = await cs.request({"type": "open", "workspace": ws})
+        assert (r["type"], r["code"]) == ("error", "not_found")
+        for kind in ("read", "exec", "save"):
+            r = await cs.request({"type": kind, "session": ws, "path": "f.txt", "code": "1"})
+            assert r["code"] == "no_session", r
+        assert (await stranger.req("GET", f"/api/workspaces/{ws}"))[0] == 404
+        assert (await stranger.req("POST", f"/api/workspaces/{ws}/save", {}))[0] == 404
+        # the viewer reads, but cannot run, save or write
+        r = await cv.request({"type": "open", "workspace": ws})
+        assert r["role"] == "viewer"
+        assert (await cv.request({"type": "read", "session": ws, "path": "f.txt"}))["text"] == "secret"
+        for msg in (
+            {"type": "exec", "code": "1"},
+            {"type": "save"},
+            {"type": "write", "path": "f.txt", "text": "x"},
+            {"type": "delete", "path": "f.txt"},
+            {"type": "restart"},
+        ):
+            r = await cv.request({**msg, "session": ws})
+            assert (r["type"], r["code"]) == ("error", "forbidden"), (msg, r)
+        assert (await viewer.req("POST", f"/api/workspaces/{ws}/rename", {"name": "x"}))[0] == 403
+        assert (await viewer.req("DELETE", f"/api/workspaces/{ws}"))[0] == 403
+        # unsharing takes effect on the next message of an open connection
+        await owner.req("POST", f"/api/workspaces/{ws}/share", {"username": "viewer1", "role": "none"})
+        r = await cv.request({"type": "read", "session": ws, "path": "f.txt"})
+        assert r["code"] == "not_found", r
+    finally:
+        for c in (co, cv, cs):
+            await c.close()
+
+
+async def test_not_logged_in_is_closed_4001(backend: Backend) -> None:
+    anon = backend.user()
+    await anon.me()
+    c = SockClient(anon)
+    try:
+        await c.connect(hello=False)
+        m = await c.recv()
+        assert m["type"] == "_closed" and m["close"][0] == 4001
+    finally:
+        await c.close()
+
+
+async def test_bad_input(backend: Backend) -> None:
+    u = await backend.new_user()
+    ws = await make_ws(u)
+    c = SockClient(u)
+    await c.connect(hello=False)
+    try:
+        r = await c.request({"type": "open", "workspace": ws})
+        assert r["code"] == "hello_required"
+        r = await c.request({"type": "hello", "versions": [1], "xsrf": "forged"})
+        assert r["code"] == "xsrf"
+        r = await c.request({"type": "hello", "versions": [99], "xsrf": u.cookies["_xsrf"]})
+        assert r["code"] == "bad_version"
+        assert (await c.request({"type": "hello", "versions": [1], "xsrf": u.cookies["_xsrf"]}))[
+            "type"
+        ] == "hello"
+        await c.send_raw("{not json")
+        assert (await c.recv())["code"] == "bad_json"
+        await c.send_raw("[1, 2]")
+        assert (await c.recv())["code"] == "bad_message"
+        for bad_id in (None, 2**60, True, "", "x" * 200, 1.5):
+            await c.send_raw(json.dumps({"type": "ping", "id": bad_id}))
+            m = await c.recv()
+            assert m["code"] == "bad_message" and m["re"] is None, (bad_id, m)
+        await c.send_raw(json.dumps({"type": "ping", "id": "x" * 128}))
+        assert (await c.recv())["type"] == "pong"
+        r = await c.request({"type": "no such thing ✓", "session": ws})
+        assert r["code"] == "unknown_type"
+        for wrong in ("00000000-0000-0000-0000-000000000000", "../../etc", 5, None, "ü" * 40):
+            r = await c.request({"type": "open", "workspace": wrong})
+            assert r["code"] == "not_found", (wrong, r)
+        r = await c.request({"type": "read", "session": "not-open", "path": "x"})
+        assert r["code"] == "no_session"
+        await c.send_raw(
+            json.dumps({"type": "ping", "id": 1, "pad": "x" * (backend.app.config.max_message + 10)})
+        )
+        assert (await c.recv())["code"] == "too_large"
+        await c.request({"type": "open", "workspace": ws})
+        r = await c.request({"type": "read", "session": ws, "path": "../../etc/passwd"})
+        assert (r["type"], r["code"]) == ("error", "path_refused")
+        r = await c.request({"type": "save", "session": ws, "message": 5})
+        assert r["code"] == "bad_field"
+        r = await c.request({"type": "read", "session": ws, "path": "nope.txt"})
+        assert r["code"] == "not_found"
+        # the connection is still usable after all that
+        assert (await c.request({"type": "ping"}))["type"] == "pong"
+    finally:
+        await c.close()
+
+
+async def test_presence_and_file_changed(backend: Backend) -> None:
+    a = await backend.new_user("pa")
+    b = await backend.new_user("pb")
+    ws = await make_ws(a)
+    await a.req("POST", f"/api/workspaces/{ws}/share", {"username": "pb", "role": "editor"})
+    ca = await SockClient(a).connect()
+    cb = await SockClient(b).connect()
+    try:
+        await ca.request({"type": "open", "workspace": ws})
+        r = await cb.request({"type": "open", "workspace": ws})
+        assert r["role"] == "editor" and r["presence"] == ["pa", "pb"]
+        await cb.request({"type": "write", "session": ws, "path": "n.txt", "text": "hi"})
+
+        async def note(kind: str) -> dict:
+            while True:
+                m = await ca.recv()
+                if m["type"] == kind:
+                    return m
+
+        assert (await asyncio.wait_for(note("file_changed"), 10))["by"] == "pb"
+        await cb.close()
+        while True:
+            p = await asyncio.wait_for(note("presence"), 10)
+            if p["users"] == ["pa"]:
+                break
+    finally:
+        await ca.close()
+
+
+async def test_concurrent_saves_lose_no_bundle(backend: Backend) -> None:
+    u = await backend.new_user()
+    ws = await make_ws(u)
+    c = await SockClient(u).connect()
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        n = 6
+
+        async def one(i: int) -> dict:
+            await c.request({"type": "write", "session": ws, "path": f"f{i}.txt", "text": str(i)})
+            return await c.request({"type": "save", "session": ws, "message": f"s{i}"})
+
+        results = await asyncio.gather(*(one(i) for i in range(n)))
+        seqs = sorted(r["seq"] for r in results if r["type"] == "saved" and not r.get("unchanged"))
+        assert seqs == list(range(len(seqs))) and len(seqs) >= 1, results
+        from sagews.backend.workspaces import db_bundle_count, db_chain
+
+        assert await backend.app.db.run(db_bundle_count, ws) == len(seqs)
+        assert len(await backend.app.db.run(db_chain, ws)) == len(seqs)
+        # every file is in the stored history: a fresh open elsewhere restores all of them
+        await backend.app.workspaces.close(ws)
+        await c.request({"type": "open", "workspace": ws})
+        ls = await c.request({"type": "ls", "session": ws})
+        assert {f"f{i}.txt" for i in range(n)} <= {e["name"] for e in ls["entries"]}
+    finally:
+        await c.close()
+
+
+async def test_workspace_rest(backend: Backend) -> None:
+    u = await backend.new_user("rest1")
+    ws = await make_ws(u, "one")
+    assert (await u.req("POST", f"/api/workspaces/{ws}/rename", {"name": "two"}))[0] == 200
+    _, body = await u.req("GET", f"/api/workspaces/{ws}")
+    assert body["workspace"]["name"] == "two" and body["workspace"]["role"] == "owner"
+    c = await SockClient(u).connect()
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        await c.request({"type": "write", "session": ws, "path": "p.sagews", "text": "published ✓"})
+        await c.request({"type": "save", "session": ws})
+    finally:
+        await c.close()
+    code, body = await u.req("POST", f"/api/workspaces/{ws}/publish", {"path": "p.sagews"})
+    assert code == 200, body
+    anon = backend.user()
+    code, pub = await anon.req("GET", body["url"] + "/raw")
+    assert code == 200 and pub["text"] == "published ✓" and pub["workspace"] == "two"
+    code, copy = await u.req("POST", f"/api/workspaces/{ws}/copy", {"name": "three"})
+    assert code == 200, copy
+    _, lst = await u.req("GET", "/api/workspaces")
+    assert {w["name"] for w in lst["workspaces"]} == {"two", "three"}
+    assert (await u.req("DELETE", f"/api/workspaces/{ws}"))[0] == 200
+    _, lst = await u.req("GET", "/api/workspaces")
+    assert [w["name"] for w in lst["workspaces"]] == ["three"]
+    assert (await anon.req("GET", body["url"] + "/raw"))[0] == 404
