@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -248,6 +249,7 @@ class WorkerProc:
             stdout=subprocess.PIPE,
             stderr=self.log,
             env={**os.environ},
+            start_new_session=True,  # kill() takes its zygote and engines with it
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -259,8 +261,9 @@ class WorkerProc:
         self.port = int(line.split()[3].rsplit(":", 1)[1])
 
     def kill(self) -> None:
+        """SIGKILL the worker's whole process group (a crash: no checkpoint, no goodbye)."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
     def stop(self) -> None:

@@ -1,0 +1,100 @@
+"""memcached down, a worker killed mid-session, SQLite instead of PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sagews.backend.config import WorkerEndpoint
+from tests.backend.conftest import Backend, Memcached
+from tests.backend.helpers import SockClient, WorkerProc, wait_until
+from tests.backend.test_backend_protocol import make_ws
+
+
+async def test_memcached_down_backend_keeps_working(
+    backend_config: Callable[..., Any], start_backend: Any, pg_url: str
+) -> None:
+    mc = Memcached()
+    try:
+        b: Backend = await start_backend(backend_config(pg_url, memcached=[mc.address]))
+        u = await b.new_user("cachy")
+        ws = await make_ws(u)
+        assert (await u.me())["user"]["name"] == "cachy"
+        assert b.app.cache.hits >= 1  # the session lookup came from memcached
+        assert "sagews_cache_up 1" in (await u.req("GET", "/metrics"))[1].decode()
+    finally:
+        mc.stop()
+    b.app.cache._last_probe = 0  # do not wait for the 2 s probe cache
+    assert (await u.me())["user"]["name"] == "cachy"
+    c = await SockClient(u).connect()
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        frames = await c.frames({"type": "exec", "session": ws, "code": "1+1"})
+        assert frames[-1]["status"] == "ok"
+        assert (await c.request({"type": "write", "session": ws, "path": "x", "text": "y"}))[
+            "type"
+        ] == "write"
+        assert (await c.request({"type": "save", "session": ws}))["type"] == "saved"
+    finally:
+        await c.close()
+    _, metrics = await u.req("GET", "/metrics")
+    assert "sagews_cache_up 0" in metrics.decode()
+    code, _ = await u.req("POST", f"/api/workspaces/{ws}/rename", {"name": "renamed without cache"})
+    assert code == 200
+    assert (await u.req("GET", f"/api/workspaces/{ws}"))[1]["workspace"]["name"] == "renamed without cache"
+
+
+async def test_worker_killed_reopens_elsewhere_from_last_save(
+    backend_config: Callable[..., Any],
+    start_backend: Any,
+    pg_url: str,
+    make_worker: Callable[[], WorkerProc],
+) -> None:
+    w1, w2 = make_worker(), make_worker()
+    cfg = backend_config(pg_url)
+    cfg.workers = [WorkerEndpoint("127.0.0.1", w1.port), WorkerEndpoint("127.0.0.1", w2.port)]
+    b: Backend = await start_backend(cfg)
+    await wait_until(lambda: len(b.app.pool.healthy()) == 2, what="workers healthy")
+    u = await b.new_user()
+    ws = await make_ws(u)
+    c = await SockClient(u).connect()
+    try:
+        ports = {link.port: link for link in b.app.pool.links.values()}
+        await c.request({"type": "open", "workspace": ws})
+        await c.request({"type": "write", "session": ws, "path": "kept.txt", "text": "saved"})
+        assert (await c.request({"type": "save", "session": ws}))["type"] == "saved"
+        await c.request({"type": "write", "session": ws, "path": "lost.txt", "text": "unsaved"})
+        first = b.app.workspaces.open[ws].link
+        victim = w1 if first.port == w1.port else w2
+        victim.kill()
+        await wait_until(lambda: not ports[victim.port].healthy, what="dead worker noticed")
+        r = await c.request({"type": "read", "session": ws, "path": "kept.txt"})
+        assert r.get("text") == "saved", r
+        assert b.app.workspaces.open[ws].link.port != victim.port
+        r = await c.request({"type": "read", "session": ws, "path": "lost.txt"})
+        assert r["code"] == "not_found"
+        frames = await c.frames({"type": "exec", "session": ws, "code": "open('kept.txt').read()"})
+        assert frames[-1]["status"] == "ok"
+        assert "sagews_workers_healthy" in (await u.req("GET", "/metrics"))[1].decode()
+    finally:
+        await c.close()
+        w1.stop()
+        w2.stop()
+
+
+async def test_sqlite_backend(
+    backend_config: Callable[..., Any], start_backend: Any, sqlite_url: str
+) -> None:
+    b: Backend = await start_backend(backend_config(sqlite_url))
+    u = await b.new_user("lite")
+    ws = await make_ws(u)
+    c = await SockClient(u, "xhr_streaming").connect()
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        await c.request({"type": "write", "session": ws, "path": "a.txt", "text": "ü"})
+        s = await c.request({"type": "save", "session": ws})
+        assert s["type"] == "saved" and s["seq"] == 0
+    finally:
+        await c.close()
+    assert (await u.req("GET", "/healthz"))[0] == 200
+    assert "sagews_cache_up 0" in (await u.req("GET", "/metrics"))[1].decode()  # no memcached configured
