@@ -94,9 +94,8 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         self.app.live.discard(self)
         for ws_id in list(self.workspaces):
             self._leave(ws_id)
-        for t in self.tasks:
-            if not t.done():
-                t.cancel()
+        # requests in flight run to completion (an exec keeps its workspace 'computing' until the
+        # worker says done; its output is dropped): cancelling would lose track of running code
 
     # sending -------------------------------------------------------------------------------------
     def send_json(self, msg: dict[str, Any]) -> None:
