@@ -155,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="sagews-backend", description="run the sagews backend")
     ap.add_argument("--config", type=Path, help="TOML/JSON file ([backend] and [db] tables)")
     ap.add_argument("--port", type=int)
+    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO (access log), WARNING, ...")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, a.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     cfg = load(a.config)
     if a.port is not None:
         cfg.port = a.port

@@ -76,7 +76,8 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             self.session.close(4003, "origin not allowed")
             return
         cookie = info.get_cookie(self.app.config.cookie_name)
-        self.ready: asyncio.Future[None] = asyncio.ensure_future(self._auth(cookie.value if cookie else None))
+        self.token = cookie.value if cookie else None
+        self.ready: asyncio.Future[None] = asyncio.ensure_future(self._auth(self.token))
 
     def _origin_ok(self, origin: str, host: str) -> bool:
         if origin in self.app.config.allowed_origins:
@@ -184,6 +185,10 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             raise ClientError("hello_required", "send hello first")
         svc = self.app.workspaces
         if kind == "open":
+            # re-check the login (revoked by logout or a password change elsewhere?)
+            if await lookup_user(self.app, self.token) is None:
+                self.session.close(4001, "login required")
+                return
             ws_id = check_id(msg.get("workspace"))
             role = await svc.role(ws_id, self.user.id)
             await svc.ensure_open(ws_id)

@@ -48,6 +48,7 @@ class WorkerLink:
     ) -> None:
         self.id = worker_id
         self.capacity = 100
+        self.draining = False  # set by an operator (workers.state): keeps its sessions, gets no new ones
         self.address = address
         self.port = port
         self.ssl_ctx = ssl_ctx
@@ -253,6 +254,7 @@ class WorkerPool:
                 )
             if row["id"] in self.links:
                 self.links[row["id"]].capacity = row["capacity"]
+                self.links[row["id"]].draining = row["state"] == "draining"
 
     def _unsolicited(self, link: WorkerLink, msg: dict[str, Any]) -> None:
         if self.on_unsolicited is not None:
@@ -298,7 +300,9 @@ class WorkerPool:
 
     def pick(self, exclude: set[int] | None = None) -> WorkerLink | None:
         """The least-loaded healthy worker (sessions reported at the last beat + placed since)."""
-        candidates = [link for link in self.healthy() if not exclude or link.id not in exclude]
+        candidates = [
+            link for link in self.healthy() if not link.draining and (not exclude or link.id not in exclude)
+        ]
         if not candidates:
             return None
 
