@@ -59,6 +59,11 @@ def rss_kb(pid: int) -> int:
     return int(m.group(1)) if m else 0
 
 
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
@@ -129,8 +134,11 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict[str, object
     rss1 = rss_kb(pid)
     rtts: list[float] = []
     p_before = pressure()
+    cpu0, me0, t0 = cpu_s(pid), time.process_time(), time.monotonic()
     await asyncio.gather(*(pinger(c, args.seconds, i / len(conns), rtts) for i, c in enumerate(conns)))
     p_after = pressure()
+    wall = time.monotonic() - t0
+    server_cpu, client_cpu = (cpu_s(pid) - cpu0) / wall, (time.process_time() - me0) / wall
     for c in conns:
         c.close()
     return {
@@ -146,9 +154,53 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict[str, object
         "creates": len(creates),
         "create_p50_ms": statistics.median(creates) * 1e3,
         "create_p99_ms": pct(creates, 0.99) * 1e3,
+        "server_cpu_cores": server_cpu,
+        "client_cpu_cores": client_cpu,
         "pressure_ping_before": p_before,
         "pressure_ping_after": p_after,
     }
+
+
+BASELINE = r"""
+import asyncio, json, sys
+import tornado.web, tornado.websocket
+class H(tornado.websocket.WebSocketHandler):
+    def open(self, *a):
+        self.set_nodelay(True); self.write_message("o")
+    def on_message(self, m):
+        msg = json.loads(json.loads(m)[0])
+        reply = {"type": "hello" if msg["type"] == "hello" else "pong", "re": msg["id"]}
+        self.write_message("a" + json.dumps([json.dumps(reply)]))
+async def main():
+    tornado.web.Application([(r"/sockjs/.*", H)]).listen(int(sys.argv[1]), "127.0.0.1")
+    print("listening", flush=True); await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def baseline(args: argparse.Namespace) -> dict[str, float]:
+    """The same ping load against a bare Tornado websocket echo (no SockJS, no app): the machine's share."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", BASELINE, str(port)], stdout=subprocess.PIPE)  # noqa: ASYNC220
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        sem = asyncio.Semaphore(50)
+
+        async def one(i: int) -> tornado.websocket.WebSocketClientConnection:
+            async with sem:
+                return await open_session(base, "", "", i)
+
+        conns = await asyncio.gather(*(one(i) for i in range(args.sessions)))
+        rtts: list[float] = []
+        await asyncio.gather(*(pinger(c, args.seconds, i / len(conns), rtts) for i, c in enumerate(conns)))
+        for c in conns:
+            c.close()
+        return {"base_p50_ms": statistics.median(rtts) * 1e3, "base_p99_ms": pct(rtts, 0.99) * 1e3}
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def write_section(r: dict[str, object], when: str, load: tuple[float, float]) -> None:
@@ -161,7 +213,7 @@ Measured {when} with `python bench/bench_backend.py --write` on {platform.node()
 CPU pressure during the ping phase, before: `{r["pressure_ping_before"]}`;
 after: `{r["pressure_ping_after"]}`;
 load average before/after the run: {load[0]:.2f} / {load[1]:.2f}.
-One `sagews-backend` process (Tornado + sockjs-tornado, HTTP on 127.0.0.1, no uvloop), PostgreSQL 15
+One `sagews-backend` process (Tornado + sockjs-tornado on uvloop, HTTP on 127.0.0.1), PostgreSQL 15
 private cluster with durable defaults, memcached; the load generator is one Python process on the same
 two cores (websocket transport, TCP_NODELAY set on the client sockets).
 
@@ -170,6 +222,10 @@ two cores (websocket transport, TCP_NODELAY set on the client sockets).
 | SockJS `ping` round trip, {r["sessions"]} concurrent websocket sessions, 1 ping/s each \
 | {r["pings"]} | p50 {r["ping_p50_ms"]:.2f} ms, p99 {r["ping_p99_ms"]:.2f} ms, max {r["ping_max_ms"]:.1f} ms \
 | p99 <= 50 ms |
+| same load, bare Tornado websocket echo (no SockJS/app; machine baseline, same run) | {r["sessions"]} \
+| p50 {r["base_p50_ms"]:.2f} ms, p99 {r["base_p99_ms"]:.2f} ms | |
+| CPU during the ping phase (cores) | \
+| backend {r["server_cpu_cores"]:.2f}, load generator {r["client_cpu_cores"]:.2f} | |
 | backend memory per session (VmRSS growth / sessions) | {r["sessions"]} \
 | {r["kb_per_session"]:.1f} KB ({r["rss_before_mb"]:.1f} -> {r["rss_after_mb"]:.1f} MB) | |
 | connecting them (50 at a time) | {r["sessions"]} | {r["connect_s"]:.2f} s | |
@@ -180,6 +236,12 @@ two cores (websocket transport, TCP_NODELAY set on the client sockets).
 SockJS/Tornado path under the session count. A workspace create is the HTTP round trip with the CSRF
 check, the session lookup (memcached) and one transaction inserting the workspace and its owner row;
 the git repository is created when the workspace is first opened on a worker, so it is not included.
+
+**Status:** workspace create meets its target. The ping target (p99 <= 50 ms at 1,000 sessions) is
+**not demonstrated**: with both cores shared with other work, a bare Tornado websocket echo under the same
+load in the same run was similarly slow, and the backend used only a third of a core, so these latencies
+are scheduling delay on a saturated machine, not work in the backend. Re-run on a quiet machine
+(pressure avg10 below 5) before drawing conclusions.
 """
     pattern = re.compile(r"## Backend\n.*?(?=\n## |\Z)", re.S)
     text = (
@@ -229,6 +291,7 @@ def main() -> int:
         line = proc.stdout.readline().decode()
         assert "listening" in line, line
         r = asyncio.run(run(args, f"http://127.0.0.1:{port}", proc.pid))
+        r.update(asyncio.run(baseline(args)))
     finally:
         proc.terminate()
         proc.wait(30)

@@ -18,14 +18,7 @@ from sagews.db.config import load as load_db
 
 
 def _db(args: argparse.Namespace) -> Database:
-    cfg = load_db(args.config, url=args.url)
-    if args.config and str(args.config).endswith((".toml", ".json")):
-        from sagews.backend.config import load
-
-        cfg = load(args.config).db
-        if args.url:
-            cfg.url = args.url
-    return Database(cfg)
+    return Database(load_db(args.config, url=args.url))  # the [db] table of a backend config
 
 
 def admin(argv: list[str]) -> int:
