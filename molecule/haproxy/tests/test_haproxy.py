@@ -220,7 +220,8 @@ class Poller:
 
 def vip_holder():
     for lb in LBS:
-        if f"{VIP}/" in docker_host(lb).check_output("ip -4 -o addr show"):
+        # A stopped or killed container answers nothing: it does not hold the VIP.
+        if f"{VIP}/" in docker_host(lb).run("ip -4 -o addr show").stdout:
             return lb
     return None
 
