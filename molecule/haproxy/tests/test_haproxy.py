@@ -218,6 +218,20 @@ class Poller:
         return (back - t0) if back else float("inf")
 
 
+def test_reload_drops_no_connection(host, ca_file):
+    once(host)
+    holder = vip_holder()
+    assert holder
+    with Poller(ca_file) as poll:
+        t0 = time.monotonic()
+        for _ in range(3):
+            assert docker_host(holder).run("systemctl reload haproxy").rc == 0
+            time.sleep(0.7)
+    during = [ok for t, ok in poll.results if t >= t0]
+    print(f"haproxy reload x3 on {holder}: {during.count(False)} of {len(during)} requests failed")
+    assert during and all(during)
+
+
 def vip_holder():
     for lb in LBS:
         # A stopped or killed container answers nothing: it does not hold the VIP.
