@@ -20,7 +20,7 @@ from sockjs.tornado import SockJSConnection
 from sagews.backend.accounts import User
 from sagews.backend.handlers.base import lookup_user
 from sagews.backend.workers import WorkerUnavailable
-from sagews.backend.workspaces import WorkspaceError, check_id
+from sagews.backend.workspaces import WorkspaceError, check_id, db_members, db_unpublish
 
 if TYPE_CHECKING:
     from sagews.backend.app import BackendApp
@@ -42,6 +42,13 @@ RELAY_FIELDS: dict[str, tuple[str, ...]] = {
     "restart": (),
 }
 MAX_ID = 2**53
+# workspace management over SockJS (same rules as the REST calls): type -> roles allowed
+MANAGE_OPS: dict[str, tuple[str, ...]] = {
+    "members": ("owner", "editor", "viewer"),
+    "share": ("owner",),
+    "publish": ("owner", "editor"),
+    "unpublish": ("owner", "editor"),
+}
 
 
 class ClientError(Exception):
@@ -205,6 +212,9 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             self._leave(ws_id)
             self.send_json({"type": "ok", "re": re_})
             return
+        if kind in MANAGE_OPS:
+            await self.manage(kind, msg)
+            return
         if kind not in RELAY_FIELDS and kind != "save":
             raise ClientError("unknown_type", f"unknown message type {kind[:64]!r}")
         ws_id = self._session(msg)
@@ -238,6 +248,31 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             for c in list(self.app.presence.get(ws_id, ())):
                 if c is not self:
                     c.send_json(note)
+
+    async def manage(self, kind: str, msg: dict[str, Any]) -> None:
+        user = self.user
+        if user is None:
+            return
+        svc, re_ = self.app.workspaces, msg["id"]
+        ws_id = self._session(msg)
+        role = await svc.role(ws_id, user.id)
+        if role not in MANAGE_OPS[kind]:
+            raise ClientError("forbidden", f"You are a {role} of this workspace: not allowed")
+        if kind == "members":
+            members = await self.app.db.run(db_members, ws_id)
+            self.send_json({"type": "members", "re": re_, "members": members})
+        elif kind == "share":
+            await svc.share(ws_id, msg.get("username"), msg.get("role"))
+            self.send_json({"type": "ok", "re": re_})
+        elif kind == "publish":
+            slug = await svc.publish(ws_id, msg.get("path"))
+            self.send_json({"type": "published", "re": re_, "url": f"/pub/{slug}"})
+        else:
+            path = msg.get("path")
+            if not isinstance(path, str):
+                raise ClientError("bad_field", "path must be a string")
+            await self.app.db.run(db_unpublish, ws_id, path)
+            self.send_json({"type": "ok", "re": re_})
 
     def _session(self, msg: dict[str, Any]) -> str:
         ws_id = msg.get("session")

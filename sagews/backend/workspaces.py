@@ -499,6 +499,24 @@ class Workspaces:
                 "base": r.get("base"),
             }
 
+    async def publish(self, ws_id: str, path: object) -> str:
+        """Snapshot a text file's current content into publications; returns the slug."""
+        if not isinstance(path, str) or not path or len(path) > 1024:
+            raise WorkspaceError("bad_field", "path must be a file path")
+        r = await self.request(ws_id, "read", {"path": path})
+        if r.get("type") != "read":
+            raise WorkspaceError(str(r.get("code", "io")), str(r.get("message", "cannot read the file")))
+        if "text" not in r:
+            raise WorkspaceError("bad_field", "Only text files can be published")
+        return str(await self.db.run(db_publish, ws_id, path, r["text"]))
+
+    async def share(self, ws_id: str, username: object, role: object) -> None:
+        if role not in ("editor", "viewer", "none"):
+            raise WorkspaceError("bad_field", "role must be editor, viewer or none")
+        if not isinstance(username, str) or not username:
+            raise WorkspaceError("bad_field", "username is required")
+        await self.write(db_share, ws_id, username, role)
+
     async def close(self, ws_id: str, save: bool = True) -> None:
         ow = self.open.get(ws_id)
         if ow is None:

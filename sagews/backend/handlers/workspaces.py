@@ -58,19 +58,10 @@ class ActionHandler(ApiHandler):
             out = {"workspace": {**ws, "owner": self.user.name, "role": "owner"}}
         elif action == "share":
             await svc.require(ws_id, uid, ("owner",))
-            role = b.get("role")
-            if role not in ("editor", "viewer", "none"):
-                raise ApiError(400, "bad_field", "role must be editor, viewer or none")
-            await svc.write(wsmod.db_share, wsmod.check_id(ws_id), self.field(b, "username"), role)
+            await svc.share(wsmod.check_id(ws_id), b.get("username"), b.get("role"))
         elif action == "publish":
             await svc.require(ws_id, uid, ("owner", "editor"))
-            path = self.field(b, "path")
-            r = await svc.request(wsmod.check_id(ws_id), "read", {"path": path})
-            if r.get("type") != "read":
-                raise ApiError(400, str(r.get("code", "io")), str(r.get("message", "cannot read the file")))
-            if "text" not in r:
-                raise ApiError(400, "bad_field", "Only text files can be published")
-            slug = await self.backend.db.run(wsmod.db_publish, wsmod.check_id(ws_id), path, r["text"])
+            slug = await svc.publish(wsmod.check_id(ws_id), b.get("path"))
             out = {"url": f"/pub/{slug}"}
         elif action == "unpublish":
             await svc.require(ws_id, uid, ("owner", "editor"))

@@ -1,0 +1,68 @@
+"""Two backends on one database: a reconnecting client resumes on the other; management over SockJS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.backend.conftest import Backend, Memcached
+from tests.backend.helpers import HttpUser, SockClient
+from tests.backend.test_backend_protocol import make_ws
+
+
+async def test_resume_on_another_backend(
+    backend_config: Callable[..., Any], start_backend: Any, pg_url: str, memcached: Memcached
+) -> None:
+    a: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    b: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    u = await a.new_user("roamer")
+    ws = await make_ws(u)
+    c = await SockClient(u).connect()
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        assert (await c.frames({"type": "exec", "session": ws, "code": "state = 41"}))[-1]["status"] == "ok"
+    finally:
+        await c.close()
+    # same cookies, other backend (as after HAProxy sent the reconnect elsewhere)
+    u2 = HttpUser(b.base)
+    u2.cookies = dict(u.cookies)
+    assert (await u2.me())["user"]["name"] == "roamer"
+    c2 = await SockClient(u2).connect()
+    try:
+        r = await c2.request({"type": "open", "workspace": ws})
+        assert r["role"] == "owner"
+        frames = await c2.frames({"type": "exec", "session": ws, "code": "state + 1"})
+        assert any(f["type"] == "result" and f["data"]["text/plain"] == "42" for f in frames), frames
+    finally:
+        await c2.close()
+
+
+async def test_share_publish_members_over_sockjs(backend: Backend) -> None:
+    owner = await backend.new_user("sowner")
+    ed = await backend.new_user("seditor")
+    ws = await make_ws(owner)
+    co = await SockClient(owner).connect()
+    ce = await SockClient(ed).connect()
+    try:
+        await co.request({"type": "open", "workspace": ws})
+        r = await co.request({"type": "share", "session": ws, "username": "seditor", "role": "editor"})
+        assert r["type"] == "ok", r
+        r = await co.request({"type": "share", "session": ws, "username": "nobody", "role": "editor"})
+        assert r["code"] == "no_user"
+        r = await co.request({"type": "share", "session": ws, "username": "seditor", "role": "admin"})
+        assert r["code"] == "bad_field"
+        assert (await ce.request({"type": "open", "workspace": ws}))["role"] == "editor"
+        r = await ce.request({"type": "share", "session": ws, "username": "sowner", "role": "viewer"})
+        assert r["code"] == "forbidden"
+        members = (await ce.request({"type": "members", "session": ws}))["members"]
+        assert {(m["name"], m["role"]) for m in members} == {("sowner", "owner"), ("seditor", "editor")}
+        await ce.request({"type": "write", "session": ws, "path": "pub.txt", "text": "hello world"})
+        r = await ce.request({"type": "publish", "session": ws, "path": "pub.txt"})
+        assert r["type"] == "published", r
+        code, pub = await backend.user().req("GET", r["url"] + "/raw")
+        assert code == 200 and pub["text"] == "hello world"
+        assert (await ce.request({"type": "unpublish", "session": ws, "path": "pub.txt"}))["type"] == "ok"
+        assert (await backend.user().req("GET", r["url"] + "/raw"))[0] == 404
+    finally:
+        await co.close()
+        await ce.close()
