@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import zipfile
 
 import pytest
 
@@ -225,10 +227,19 @@ async def test_workspace_rest(backend: Backend) -> None:
     c = await SockClient(u).connect()
     try:
         await c.request({"type": "open", "workspace": ws})
+        await c.request({"type": "write", "session": ws, "path": "first.txt", "text": "1"})
+        assert (await c.request({"type": "save", "session": ws}))["seq"] == 0
         await c.request({"type": "write", "session": ws, "path": "p.sagews", "text": "published ✓"})
-        await c.request({"type": "save", "session": ws})
+        assert (await c.request({"type": "save", "session": ws}))["seq"] == 1
     finally:
         await c.close()
+    code, zdata = await u.req("GET", f"/api/workspaces/{ws}/download?format=zip")
+    assert code == 200, zdata
+    with zipfile.ZipFile(io.BytesIO(zdata)) as z:
+        assert z.read("p.sagews").decode() == "published ✓" and z.read("first.txt") == b"1"
+    code, bdata = await u.req("GET", f"/api/workspaces/{ws}/download?format=bundle")
+    assert code == 200 and bdata[:15] in (b"# v2 git bundle", b"# v3 git bundle")
+    assert (await u.req("GET", f"/api/workspaces/{ws}/download?format=exe"))[0] == 400
     code, body = await u.req("POST", f"/api/workspaces/{ws}/publish", {"path": "p.sagews"})
     assert code == 200, body
     anon = backend.user()

@@ -43,8 +43,32 @@ class ActionHandler(ApiHandler):
             self.write_json({"members": await self.backend.db.run(wsmod.db_members, ws_id)})
         elif action == "published":
             self.write_json({"published": await self.backend.db.run(wsmod.db_published, ws_id)})
+        elif action == "download":
+            await self.download(ws_id)
         else:
             raise ApiError(404, "not_found", f"No such action: {action}")
+
+    async def download(self, ws_id: str) -> None:
+        """The last save as one git bundle or a zip of its files (``?format=bundle|zip``)."""
+        from sagews.backend.export import ExportError, export
+
+        fmt = self.get_argument("format", "zip")
+        if fmt not in ("bundle", "zip"):
+            raise ApiError(400, "bad_field", "format must be bundle or zip")
+        svc = self.backend.workspaces
+        ow = svc.open.get(ws_id)
+        if ow is not None and ow.dirty and (await svc.role(ws_id, self.user.id)) != "viewer":
+            await svc.save(ws_id, "save before download")
+        chain = await self.backend.db.run(wsmod.db_chain, ws_id)
+        try:
+            data = await export(chain, fmt)
+        except ExportError as exc:
+            raise ApiError(404 if not chain else 500, "not_found" if not chain else "git", str(exc)) from None
+        name = (await svc.meta(ws_id))["name"]
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:60] or "workspace"
+        self.set_header("Content-Type", "application/zip" if fmt == "zip" else "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{safe}.{fmt}"')
+        self.finish(data)
 
     async def post(self, ws_id: str, action: str) -> None:
         svc, uid, b = self.backend.workspaces, self.user.id, self.body()
