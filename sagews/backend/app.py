@@ -19,7 +19,7 @@ from sockjs.tornado import SockJSRouter
 from sagews.backend.accounts import RateLimiter
 from sagews.backend.cache import Cache
 from sagews.backend.config import BackendConfig, load
-from sagews.backend.handlers import auth, ops
+from sagews.backend.handlers import admin, auth, ops
 from sagews.backend.handlers import workspaces as ws_handlers
 from sagews.backend.live import LiveConnection
 from sagews.backend.metrics import Metrics
@@ -74,7 +74,7 @@ class BackendApp(tornado.web.Application):
                 "verify_ip": False,  # behind HAProxy the source address can change between requests
             },
         )
-        routes: list[Any] = [*auth.routes, *ws_handlers.routes, *ops.routes]
+        routes: list[Any] = [*auth.routes, *ws_handlers.routes, *admin.routes, *ops.routes]
         if config.static_dir:
             routes.append((r"/static/(.*)", StaticHandler, {"path": config.static_dir}))
             routes += ops.page_routes

@@ -119,3 +119,31 @@ async def test_healthz_and_metrics(backend: Backend) -> None:
         "sagews_cache_up 1",
     ):
         assert name in text_, name
+
+
+async def test_admin_role(backend: Backend) -> None:
+    from sagews.backend import accounts
+
+    await backend.app.db.run(accounts.create_account, "boss", accounts.hash_password("boss password"), True)
+    boss = backend.user()
+    assert (await boss.login("boss", "boss password"))[0] == 200
+    plain = await backend.new_user()
+    assert (await plain.req("GET", "/api/admin/workers"))[0] == 403
+    code, body = await boss.req("GET", "/api/admin/workers")
+    assert code == 200 and body["workers"][0]["healthy_here"] is True
+    wid = body["workers"][0]["id"]
+    assert (await plain.req("POST", f"/api/admin/workers/{wid}/drain", {"draining": True}))[0] == 403
+    assert (await boss.req("POST", f"/api/admin/workers/{wid}/drain", {"draining": True}))[0] == 200
+    assert backend.app.pool.pick() is None  # the only worker is draining: no new placements
+    code, body = await plain.req("POST", "/api/workspaces", {"name": "x"})
+    u_ws = body["workspace"]["id"]
+    from tests.backend.helpers import SockClient
+
+    c = await SockClient(plain).connect()
+    try:
+        assert (await c.request({"type": "open", "workspace": u_ws}))["code"] == "no_worker"
+    finally:
+        await c.close()
+    assert (await boss.req("POST", f"/api/admin/workers/{wid}/drain", {"draining": False}))[0] == 200
+    code, body = await boss.req("GET", "/api/admin/workspaces")
+    assert code == 200 and u_ws in {w["id"] for w in body["workspaces"]}
