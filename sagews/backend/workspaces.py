@@ -427,6 +427,12 @@ class Workspaces:
                     self.open.pop(ws_id, None)
         elif msg.get("type") == "shutdown":
             self._worker_down(link)
+        elif msg.get("type") == "quota":
+            for ws_id, ow in list(self.open.items()):
+                if ow.link is link and ow.session == msg.get("session"):
+                    note = {k: v for k, v in msg.items() if k in ("type", "used", "quota", "message")}
+                    for conn in list(self.presence.get(ws_id, ())):
+                        conn.send_json({**note, "session": ws_id})
 
     async def request(
         self, ws_id: str, kind: str, fields: dict[str, Any], on_frame: FrameCallback | None = None

@@ -147,3 +147,31 @@ async def test_admin_role(backend: Backend) -> None:
     assert (await boss.req("POST", f"/api/admin/workers/{wid}/drain", {"draining": False}))[0] == 200
     code, body = await boss.req("GET", "/api/admin/workspaces")
     assert code == 200 and u_ws in {w["id"] for w in body["workspaces"]}
+
+
+async def test_tls_required_off_loopback_and_served(
+    backend_config: Any, start_backend: Any, sqlite_url: str, pki: Any
+) -> None:
+    import ssl
+
+    import pytest
+    import tornado.httpclient
+
+    from sagews.backend.app import BackendApp
+
+    cfg = backend_config(sqlite_url, host="0.0.0.0")  # noqa: S104 (never bound: refused before listening)
+    app = BackendApp(cfg)
+    try:
+        from sagews.backend.app import ssl_context
+
+        with pytest.raises(ValueError, match="TLS"):
+            ssl_context(cfg)
+    finally:
+        await app.stop()
+    pair = pki.issue("backend-web")
+    b = await start_backend(backend_config(sqlite_url, tls_cert=str(pair.cert), tls_key=str(pair.key)))
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert_path))
+    resp = await tornado.httpclient.AsyncHTTPClient().fetch(
+        f"https://127.0.0.1:{b.port}/healthz", ssl_options=ctx, raise_error=False
+    )
+    assert resp.code == 200 and resp.body == b"ok\n"
