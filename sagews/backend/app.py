@@ -135,6 +135,12 @@ def listen(app: BackendApp, port: int | None = None) -> tuple[tornado.httpserver
 
 
 async def serve(config: BackendConfig, ready: Any = None) -> None:
+    handler = None
+    if config.logging.get("servers"):
+        from sagews.logserver.client import install
+        from sagews.logserver.config import ClientConfig
+
+        handler = install(ClientConfig(**config.logging), "backend")
     app = BackendApp(config)
     server, port = listen(app)
     await app.start()
@@ -149,6 +155,9 @@ async def serve(config: BackendConfig, ready: Any = None) -> None:
     await stop.wait()
     server.stop()
     await app.stop()
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,9 @@ def dev(argv: list[str]) -> int:
     ap.add_argument("--static", default=str(Path(__file__).resolve().parents[2] / "static"))
     ap.add_argument("--memcached", action="append", default=[], help="host:port (optional)")
     a = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     data = Path(a.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o755)  # workspace users traverse to their checkouts
@@ -125,6 +128,8 @@ def dev(argv: list[str]) -> int:
         worker.kill()
         return 1
     wport = int(line.split()[3].rsplit(":", 1)[1])
+    _drain(worker)
+    logserver, log_port = _start_logserver(data, pki)
     secret_file = data / "cookie_secret"
     if not secret_file.exists():
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -142,6 +147,14 @@ def dev(argv: list[str]) -> int:
         static_dir=a.static,
         memcached=a.memcached,
     )
+    if log_port:
+        cfg.logging = {
+            "servers": [f"127.0.0.1:{log_port}"],
+            "cert": str(bpair.cert),
+            "key": str(bpair.key),
+            "ca": str(pki.ca_cert_path),
+            "spool_dir": str(data / "logspool"),
+        }
     cfg.db.url = f"sqlite:///{data / 'sagews.db'}"
     migrate.upgrade(cfg.db.url)
     # a previous run's worker (other port) is gone: drop stale rows so placement never waits on them
@@ -149,12 +162,59 @@ def dev(argv: list[str]) -> int:
     try:
         asyncio.run(serve(cfg))
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for proc in (worker, logserver):
+            if proc is None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     return 0
+
+
+def _start_logserver(data: Path, pki: Any) -> tuple[subprocess.Popen[bytes] | None, int]:
+    """The log server on SQLite (data/logs.db), mutual TLS; (None, 0) if it does not start."""
+    pair = pki.issue("logserver")
+    cfg = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "cert": str(pair.cert),
+        "key": str(pair.key),
+        "ca": str(pki.ca_cert_path),
+        "db": {"url": f"sqlite:///{data / 'logs.db'}"},
+        "spool_dir": str(data / "logserver-spool"),
+    }
+    (data / "logserver.json").write_text(json.dumps({"logserver": cfg}))
+    from sagews.db import migrate
+
+    migrate.upgrade(f"sqlite:///{data / 'logs.db'}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sagews.logserver", "--config", str(data / "logserver.json")],
+        stdout=subprocess.PIPE,
+    )
+    line = proc.stdout.readline().decode() if proc.stdout is not None else ""
+    if "listening on" not in line:
+        print(
+            f"sagews dev: no log server ({line.strip() or 'exited'}); logging to stderr only", file=sys.stderr
+        )
+        proc.kill()
+        proc.wait()
+        return None, 0
+    _drain(proc)
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> None:
+    """Keep reading a child's stdout after its first line, so a full pipe never blocks it."""
+    import threading
+
+    def run() -> None:
+        if proc.stdout is not None:
+            for _ in proc.stdout:
+                pass
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def _forget_other_workers(url: str, port: int) -> None:

@@ -47,6 +47,7 @@ class BackendConfig:
     allowed_origins: list[str] = field(default_factory=list)  # SockJS Origin check; empty: same host
     signup: bool = True
     xheaders: bool = False  # trust X-Forwarded-For / X-Real-Ip (only behind HAProxy)
+    logging: dict[str, Any] = field(default_factory=dict)  # a [logging] ClientConfig table (log server)
     db: DBConfig = field(default_factory=DBConfig)
 
 
