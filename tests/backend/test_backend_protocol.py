@@ -253,3 +253,30 @@ async def test_workspace_rest(backend: Backend) -> None:
     _, lst = await u.req("GET", "/api/workspaces")
     assert [w["name"] for w in lst["workspaces"]] == ["three"]
     assert (await anon.req("GET", body["url"] + "/raw"))[0] == 404
+
+
+async def test_interrupt_and_restart(backend: Backend) -> None:
+    u = await backend.new_user()
+    ws = await make_ws(u)
+    c = await SockClient(u).connect()
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        await c.frames({"type": "exec", "session": ws, "code": "kept = 1"})
+        code = "import time\nprint('started', flush=True)\nwhile True: time.sleep(0.05)"
+        rid = "long-run"
+        q: asyncio.Queue[dict] = asyncio.Queue()
+        c.waiters[rid] = q
+        await c.send({"type": "exec", "id": rid, "session": ws, "code": code})
+        first = await asyncio.wait_for(q.get(), 30)  # the loop is running once it printed
+        assert first["type"] == "stream" and "started" in first["text"], first
+        assert (await c.request({"type": "interrupt", "session": ws}))["type"] == "ok"
+        while (last := await asyncio.wait_for(q.get(), 30))["type"] != "done":
+            pass
+        assert last["status"] == "interrupted", last
+        r = await c.frames({"type": "exec", "session": ws, "code": "kept"})
+        assert any(f["type"] == "result" for f in r)  # state survives an interrupt
+        assert (await c.request({"type": "restart", "session": ws}))["type"] == "ok"
+        r = await c.frames({"type": "exec", "session": ws, "code": "kept"})
+        assert r[-1]["status"] == "error" and any(f.get("ename") == "NameError" for f in r)
+    finally:
+        await c.close()
