@@ -20,7 +20,7 @@ async def test_autosave_and_idle_close_never_while_computing(backend: Backend) -
     await c2.request({"type": "write", "session": ws2, "path": "w.txt", "text": "autosaved"})
     await c.request({"type": "open", "workspace": ws})
     await c.request({"type": "write", "session": ws, "path": "r.txt", "text": "1"})
-    code = "import time\nfor i in range(30):\n    print(i, flush=True); time.sleep(0.1)"
+    code = "import os, time\nwhile not os.path.exists('stop'):\n    time.sleep(0.05)"
     run = asyncio.ensure_future(c.frames({"type": "exec", "session": ws, "code": code}))
     try:
         await wait_until(lambda: svc.open[ws].running == 1, what="exec running")
@@ -30,6 +30,7 @@ async def test_autosave_and_idle_close_never_while_computing(backend: Backend) -
         assert ws in svc.open and await backend.app.db.run(db_bundle_count, ws) == 0
         # the watched, changed, idle workspace was autosaved and stays open
         assert ws2 in svc.open and await backend.app.db.run(db_bundle_count, ws2) == 1
+        assert (await svc.request(ws, "write", {"path": "stop", "text": ""}))["type"] == "write"
         await wait_until(lambda: svc.open[ws].running == 0, what="exec finished")
         await svc.housekeeping(idle_close=0)
         assert ws not in svc.open  # closed, after saving its changes
