@@ -57,6 +57,7 @@ class BackendApp(tornado.web.Application):
         self.metrics = Metrics()
         self.pool = WorkerPool(self.db, config.worker_cert, config.worker_key, config.worker_ca)
         self.workspaces = Workspaces(self.db, self.cache, self.pool, self.metrics)
+        self.workspaces.repack_after = config.repack_after
         self.presence = self.workspaces.presence
         self.live: set[LiveConnection] = set()
         self.account_limiter = RateLimiter(config.login_attempts_per_account)

@@ -2,7 +2,8 @@
 
 The newest chain is fetched into a scratch bare repository with ``git`` (an asyncio subprocess, never
 blocking the IOLoop; hooks disabled), then ``git bundle create --all`` (one self-contained bundle) or
-``git archive --format=zip`` (the files at the saved head).
+``git archive --format=zip`` (the files at the saved head). The same single bundle replaces a long
+chain in the DB (repack, see ``Workspaces.repack``).
 """
 
 from __future__ import annotations
@@ -51,15 +52,13 @@ async def export(chain: list[bytes], fmt: str) -> bytes:
     try:
         repo = tmp / "repo.git"
         await _git(tmp, "init", "-q", "--bare", str(repo))
-        head = ""
         for i, data in enumerate(chain):
             path = tmp / f"{i}.bundle"
             path.write_bytes(data)
-            heads = (await _git(repo, "bundle", "list-heads", str(path))).decode().split()
-            await _git(repo, "fetch", "-q", str(path), "+refs/*:refs/*", "+HEAD:refs/heads/sagews-head")
-            head = heads[0] if heads else head
-        if fmt == "bundle":
-            await _git(repo, "bundle", "create", str(tmp / "all.bundle"), "--all")
+            await _git(repo, "fetch", "-q", str(path), "+HEAD:refs/heads/sagews-head")
+        await _git(repo, "symbolic-ref", "HEAD", "refs/heads/sagews-head")
+        if fmt == "bundle":  # HEAD: what the worker's restore fetches, and what `git clone` checks out
+            await _git(repo, "bundle", "create", "-q", str(tmp / "all.bundle"), "HEAD")
             return (tmp / "all.bundle").read_bytes()
         return await _git(repo, "archive", "--format=zip", "refs/heads/sagews-head")
     finally:

@@ -225,6 +225,44 @@ def db_bundle_count(s: Session, ws_id: str) -> int:
     )
 
 
+def db_repack(s: Session, ws_id: str, data: bytes, upto: int, commit: str) -> bool:
+    """Replace bundles ``<= upto`` by one base bundle at ``upto + 1``; False if someone appended meanwhile."""
+    last = s.scalar(select(func.max(WorkspaceBundle.seq)).where(WorkspaceBundle.workspace_id == ws_id))
+    if last != upto:
+        return False
+    s.add(
+        WorkspaceBundle(
+            workspace_id=ws_id,
+            seq=upto + 1,
+            parent_seq=None,
+            data=data,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            commit=commit,
+        )
+    )
+    s.flush()  # the unique (workspace_id, seq) stops a concurrent append before anything is deleted
+    s.execute(
+        WorkspaceBundle.__table__.delete().where(
+            WorkspaceBundle.workspace_id == ws_id, WorkspaceBundle.seq <= upto
+        )
+    )
+    return True
+
+
+def db_chain_length(s: Session, ws_id: str) -> tuple[int, int | None]:
+    """(bundles in the newest chain, newest seq)."""
+    base = s.scalar(
+        select(func.max(WorkspaceBundle.seq)).where(
+            WorkspaceBundle.workspace_id == ws_id, WorkspaceBundle.parent_seq.is_(None)
+        )
+    )
+    last = s.scalar(select(func.max(WorkspaceBundle.seq)).where(WorkspaceBundle.workspace_id == ws_id))
+    if base is None or last is None:
+        return 0, last
+    return last - base + 1, last
+
+
 def db_copy(s: Session, ws_id: str, owner_id: int, name: str) -> dict[str, Any]:
     src = _ws(s, ws_id)
     new = db_create(s, owner_id, name)
@@ -320,6 +358,7 @@ class Workspaces:
         self.save_locks: dict[str, asyncio.Lock] = {}
         self.on_closed: Callable[[str, str], None] | None = None
         self.presence: dict[str, set[Any]] = {}  # workspace id -> live connections of this backend
+        self.repack_after = 50  # bundles in a chain before it is replaced by one base bundle
         pool.on_down = self._worker_down
         pool.on_unsolicited = self._unsolicited
 
@@ -497,6 +536,11 @@ class Workspaces:
             self.metrics.saves += 1
             if ow is not None:
                 ow.dirty = False
+            if self.repack_after and seq >= self.repack_after:
+                try:
+                    await self.repack(ws_id)
+                except Exception as exc:  # the save is stored; a failed repack only costs space
+                    log.warning("repack of %s failed: %s", ws_id, exc)
             return {
                 "type": "saved",
                 "commit": r["commit"],
@@ -522,6 +566,22 @@ class Workspaces:
         if not isinstance(username, str) or not username:
             raise WorkspaceError("bad_field", "username is required")
         await self.write(db_share, ws_id, username, role)
+
+    async def repack(self, ws_id: str) -> bool:
+        """When the newest chain is longer than ``repack_after``, replace it by one base bundle
+        (built with git from the chain itself), so restores and storage stay bounded."""
+        from sagews.backend.export import export
+
+        length, last = await self.db.run(db_chain_length, ws_id)
+        if last is None or length <= max(1, self.repack_after):
+            return False
+        chain = await self.db.run(db_chain, ws_id)
+        m = await self.db.run(db_meta, ws_id)
+        data = await export(chain, "bundle")
+        try:
+            return bool(await self.write(db_repack, ws_id, data, last, m["head_commit"]))
+        except IntegrityError:
+            return False
 
     async def close(self, ws_id: str, save: bool = True) -> None:
         ow = self.open.get(ws_id)

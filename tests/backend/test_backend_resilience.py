@@ -98,3 +98,32 @@ async def test_sqlite_backend(
         await c.close()
     assert (await u.req("GET", "/healthz"))[0] == 200
     assert "sagews_cache_up 0" in (await u.req("GET", "/metrics"))[1].decode()  # no memcached configured
+
+
+async def test_long_chains_are_repacked(
+    backend_config: Callable[..., Any], start_backend: Any, pg_url: str
+) -> None:
+    from sagews.backend.workspaces import db_chain_length
+
+    b: Backend = await start_backend(backend_config(pg_url, repack_after=3))
+    u = await b.new_user()
+    ws = await make_ws(u)
+    c = await SockClient(u).connect()
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        for i in range(6):
+            await c.request({"type": "write", "session": ws, "path": f"f{i}.txt", "text": str(i)})
+            assert (await c.request({"type": "save", "session": ws}))["type"] == "saved"
+        length, _ = await b.app.db.run(db_chain_length, ws)
+        assert length <= 3, length
+        # a copy has only the stored bundles: opening it restores from the repacked chain
+        code, body = await u.req("POST", f"/api/workspaces/{ws}/copy", {"name": "copy"})
+        assert code == 200, body
+        cp = body["workspace"]["id"]
+        await c.request({"type": "open", "workspace": cp})
+        ls = await c.request({"type": "ls", "session": cp})
+        assert {f"f{i}.txt" for i in range(6)} <= {e["name"] for e in ls["entries"]}, ls
+        hist = await c.request({"type": "history", "session": cp})
+        assert len(hist["commits"]) == 6
+    finally:
+        await c.close()
