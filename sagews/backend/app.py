@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
@@ -19,6 +20,7 @@ from sockjs.tornado import SockJSRouter
 from sagews.backend.accounts import RateLimiter
 from sagews.backend.cache import Cache
 from sagews.backend.config import BackendConfig, load
+from sagews.backend.events import EventBus, RemotePresence
 from sagews.backend.handlers import admin, auth, ops
 from sagews.backend.handlers import workspaces as ws_handlers
 from sagews.backend.live import LiveConnection
@@ -60,10 +62,14 @@ class BackendApp(tornado.web.Application):
         self.workspaces.repack_after = config.repack_after
         self.presence = self.workspaces.presence
         self.live: set[LiveConnection] = set()
+        self.events = EventBus(self.db, self._on_event)
+        self.announce_seconds = 30.0
+        self.remote_presence = RemotePresence(ttl=3 * self.announce_seconds)
         self.account_limiter = RateLimiter(config.login_attempts_per_account)
         self.ip_limiter = RateLimiter(config.login_attempts_per_ip)
         self.last_db_ok = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
+        self._pending: set[asyncio.Future[Any]] = set()
         conn_cls = type("Live", (LiveConnection,), {"app": self})
         self.router = SockJSRouter(
             conn_cls,
@@ -89,12 +95,61 @@ class BackendApp(tornado.web.Application):
             websocket_max_message_size=max(config.max_message * 2, 1 << 20),
         )
 
+    # presence and file_changed, across backends ------------------------------------------------
+    def local_names(self, ws_id: str) -> list[str]:
+        return sorted({c.user.name for c in self.presence.get(ws_id, ()) if c.user is not None})
+
+    def presence_names(self, ws_id: str) -> list[str]:
+        return sorted(set(self.local_names(ws_id)) | self.remote_presence.names(ws_id))
+
+    def _send_presence(self, ws_id: str) -> None:
+        note = {"type": "presence", "workspace": ws_id, "users": self.presence_names(ws_id)}
+        for c in list(self.presence.get(ws_id, ())):
+            c.send_json(note)
+
+    def presence_changed(self, ws_id: str) -> None:
+        """A connection of this backend opened or left ``ws_id``: tell local members and other backends."""
+        self._send_presence(ws_id)
+        self._spawn(self.events.publish({"kind": "presence", "ws": ws_id, "users": self.local_names(ws_id)}))
+
+    def file_changed(self, ws_id: str, path: str, by: str, origin: Any = None) -> None:
+        note = {"type": "file_changed", "workspace": ws_id, "path": path, "by": by}
+        for c in list(self.presence.get(ws_id, ())):
+            if c is not origin:
+                c.send_json(note)
+        if origin is not None:
+            self._spawn(self.events.publish({"kind": "file_changed", "ws": ws_id, "path": path, "by": by}))
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        ws_id = event.get("ws")
+        if not isinstance(ws_id, str):
+            return
+        if event.get("kind") == "presence" and isinstance(event.get("users"), list):
+            names = [str(n) for n in event["users"]][:1000]
+            self.remote_presence.update(ws_id, str(event.get("from")), names)
+            self._send_presence(ws_id)
+        elif event.get("kind") == "file_changed":
+            self.file_changed(ws_id, str(event.get("path")), str(event.get("by")))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _announce(self) -> None:
+        while True:
+            await asyncio.sleep(self.announce_seconds)
+            for ws_id in list(self.presence):
+                await self.events.publish({"kind": "presence", "ws": ws_id, "users": self.local_names(ws_id)})
+
     async def start(self) -> None:
         """Register configured workers, first heartbeat, then the periodic tasks."""
         for w in self.config.workers:
             await self.pool.add(w.address, w.port, w.capacity)
         await self.pool.beat_once()
         self.pool.start(self.config.heartbeat_seconds)
+        self.events.start()
+        self._tasks.append(asyncio.ensure_future(self._announce()))
         interval = min(self.config.autosave_seconds, self.config.idle_close_seconds)
         self._tasks.append(
             asyncio.ensure_future(self.workspaces.run_housekeeping(interval, self.config.idle_close_seconds))
@@ -104,6 +159,10 @@ class BackendApp(tornado.web.Application):
         """Save what is dirty, close links and pools."""
         for t in self._tasks:
             t.cancel()
+        await self.events.close()
+        for p in list(self._pending):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(p, 5)
         for ws_id in list(self.workspaces.open):
             try:
                 ow = self.workspaces.open.get(ws_id)

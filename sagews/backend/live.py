@@ -244,10 +244,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         self.send_json(out)
         if kind in ("write", "rename", "delete") and r.get("type") != "error":
             path = msg.get("path") or msg.get("dst")
-            note = {"type": "file_changed", "workspace": ws_id, "path": path, "by": self.user.name}
-            for c in list(self.app.presence.get(ws_id, ())):
-                if c is not self:
-                    c.send_json(note)
+            self.app.file_changed(ws_id, str(path), self.user.name, origin=self)
 
     async def manage(self, kind: str, msg: dict[str, Any]) -> None:
         user = self.user
@@ -281,12 +278,10 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         return ws_id
 
     def _names(self, ws_id: str) -> list[str]:
-        return sorted({c.user.name for c in self.app.presence.get(ws_id, ()) if c.user is not None})
+        return self.app.presence_names(ws_id)
 
     def _broadcast_presence(self, ws_id: str) -> None:
-        note = {"type": "presence", "workspace": ws_id, "users": self._names(ws_id)}
-        for c in list(self.app.presence.get(ws_id, ())):
-            c.send_json(note)
+        self.app.presence_changed(ws_id)
 
     def _leave(self, ws_id: str) -> None:
         self.workspaces.pop(ws_id, None)

@@ -66,3 +66,40 @@ async def test_share_publish_members_over_sockjs(backend: Backend) -> None:
     finally:
         await co.close()
         await ce.close()
+
+
+async def test_presence_and_file_changed_across_backends(
+    backend_config: Callable[..., Any], start_backend: Any, pg_url: str, memcached: Memcached
+) -> None:
+    from tests.backend.helpers import wait_until
+
+    a: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    b: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    await wait_until(lambda: a.app.events.connected and b.app.events.connected, what="LISTEN connections")
+    ua = await a.new_user("xa")
+    ub = HttpUser(b.base)
+    assert (await ub.signup("xb"))[0] == 200
+    ws = await make_ws(ua)
+    await ua.req("POST", f"/api/workspaces/{ws}/share", {"username": "xb", "role": "editor"})
+    ca = await SockClient(ua).connect()
+    cb = await SockClient(ub).connect()
+    try:
+        await ca.request({"type": "open", "workspace": ws})
+        await cb.request({"type": "open", "workspace": ws})
+
+        async def next_of(c: SockClient, kind: str, pred: Callable[[dict], bool]) -> dict:
+            while True:
+                m = await c.recv(20)
+                if m["type"] == kind and pred(m):
+                    return m
+
+        # a's client learns about b's user although b is connected to the other backend
+        await next_of(ca, "presence", lambda m: m["users"] == ["xa", "xb"])
+        await cb.request({"type": "write", "session": ws, "path": "shared.txt", "text": "from b"})
+        m = await next_of(ca, "file_changed", lambda m: m["path"] == "shared.txt")
+        assert m["by"] == "xb"
+        await cb.close()
+        await next_of(ca, "presence", lambda m: m["users"] == ["xa"])
+    finally:
+        await ca.close()
+        await cb.close()

@@ -52,6 +52,8 @@ class MetricsHandler(BaseHandler):
             "sagews_workers_healthy": len(app.pool.healthy()),
             "sagews_workers_known": len(app.pool.links),
             "sagews_workspaces_open": len(app.workspaces.open),
+            "sagews_events_connected": 1.0 if app.events.connected else 0.0,
+            "sagews_events_received": app.events.received,
             "sagews_db_pool_checked_out": float(getattr(pool, "checkedout", lambda: 0)()),
             "sagews_db_pool_size": float(getattr(pool, "size", lambda: 0)()),
             "sagews_db_pool_overflow": float(getattr(pool, "overflow", lambda: 0)()),
