@@ -57,7 +57,9 @@ class BackendApp(tornado.web.Application):
         self.db = db or Database(config.db)
         self.cache = Cache(config.memcached, config.cache_ttl)
         self.metrics = Metrics()
-        self.pool = WorkerPool(self.db, config.worker_cert, config.worker_key, config.worker_ca)
+        self.pool = WorkerPool(
+            self.db, config.worker_cert, config.worker_key, config.worker_ca, grace=config.heartbeat_timeout
+        )
         self.workspaces = Workspaces(self.db, self.cache, self.pool, self.metrics)
         self.workspaces.repack_after = config.repack_after
         self.presence = self.workspaces.presence

@@ -37,7 +37,7 @@ class BackendConfig:
     worker_ca: str | None = None
     workers: list[WorkerEndpoint] = field(default_factory=list)  # registered in the DB at start
     heartbeat_seconds: float = 5.0
-    heartbeat_timeout: float = 15.0  # no successful status for this long: worker is down
+    heartbeat_timeout: float = 15.0  # connected but no good status for this long: down (unreachable: at once)
     autosave_seconds: float = 60.0
     idle_close_seconds: float = 1800.0
     repack_after: int = 50  # a bundle chain longer than this is replaced by one base bundle (0: never)

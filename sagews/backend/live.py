@@ -78,13 +78,15 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         self.xsrf_cookie = info.get_cookie("_xsrf").value if info.get_cookie("_xsrf") else None
         self.app.metrics.sockjs_sessions += 1
         self.app.live.add(self)
-        origin = info.get_header("Origin")
-        if origin and not self._origin_ok(origin, info.get_header("Host") or ""):
-            self.session.close(4003, "origin not allowed")
-            return
         cookie = info.get_cookie(self.app.config.cookie_name)
         self.token = cookie.value if cookie else None
-        self.ready: asyncio.Future[None] = asyncio.ensure_future(self._auth(self.token))
+        origin = info.get_header("Origin")
+        if origin and not self._origin_ok(origin, info.get_header("Host") or ""):
+            self.token = None  # never authenticated; messages before the close are ignored
+            self.ready: asyncio.Future[None] = asyncio.ensure_future(asyncio.sleep(0))
+            self.session.close(4003, "origin not allowed")
+            return
+        self.ready = asyncio.ensure_future(self._auth(self.token))
 
     def _origin_ok(self, origin: str, host: str) -> bool:
         if origin in self.app.config.allowed_origins:

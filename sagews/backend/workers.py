@@ -62,6 +62,7 @@ class WorkerLink:
         self.status: dict[str, Any] = {}
         self.last_ok = 0.0  # monotonic time of the last successful status
         self.healthy = False
+        self.fresh = False  # the last heartbeat got a status
         self.shutting_down = False
 
     @property
@@ -166,16 +167,21 @@ class WorkerLink:
             await self.connect()
         return await self._send({"type": kind, **fields}, on_frame, timeout)
 
-    async def heartbeat(self) -> bool:
+    async def heartbeat(self, grace: float = 15.0) -> bool:
+        """One ``status``. A worker that is still connected but slow to answer stays healthy for
+        ``grace`` seconds after its last good status (so a busy worker's workspaces are not reopened
+        elsewhere while it still runs them); an unreachable one is down at once."""
+        self.fresh = False
         try:
             st = await self.call("status", timeout=5)
         except WorkerUnavailable:
-            self.healthy = False
-            return False
+            self.healthy = self.connected and self.last_ok > 0 and time.monotonic() - self.last_ok < grace
+            return self.healthy
         if st.get("type") != "status":
             self.healthy = False
             return False
         self.status = st
+        self.fresh = True
         self.last_ok = time.monotonic()
         self.healthy = not st.get("stopping") and not self.shutting_down
         return self.healthy
@@ -236,8 +242,11 @@ def _record(s: Session, worker_id: int, up: bool, load: float, version: str | No
 
 
 class WorkerPool:
-    def __init__(self, db: Database, cert: str | None, key: str | None, ca: str | None) -> None:
+    def __init__(
+        self, db: Database, cert: str | None, key: str | None, ca: str | None, grace: float = 15.0
+    ) -> None:
         self.db = db
+        self.grace = grace
         self.ssl_ctx = client_context(cert, key, ca) if ca else None
         self.links: dict[int, WorkerLink] = {}
         self.on_unsolicited: Callable[[WorkerLink, dict[str, Any]], None] | None = None
@@ -268,7 +277,7 @@ class WorkerPool:
     async def beat_once(self) -> None:
         await self.load_from_db()
         links = list(self.links.values())
-        results = await asyncio.gather(*(link.heartbeat() for link in links))
+        results = await asyncio.gather(*(link.heartbeat(self.grace) for link in links))
         for link, ok in zip(links, results, strict=True):
             self.placed.pop(link.id, None)  # the status now counts the sessions placed meanwhile
             st = link.status
@@ -279,7 +288,7 @@ class WorkerPool:
                 ok,
                 sessions / max(1, link.capacity) if ok else 0.0,
                 st.get("version") if ok else None,
-                beat=ok,
+                beat=link.fresh,
             )
             if not ok and self.on_down is not None:
                 self.on_down(link)
