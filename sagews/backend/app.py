@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,24 @@ class BackendApp(tornado.web.Application):
             xsrf_cookie_kwargs={"secure": secure, "samesite": "Lax"},
             websocket_max_message_size=max(config.max_message * 2, 1 << 20),
         )
+
+    # login limits shared by every backend (memcached; 5-minute windows, the current one counted
+    # together with the previous one, so a window boundary never resets an attacker's count) --------
+    RATE_WINDOW = 300
+
+    def _rate_key(self, key: str, back: int = 0) -> str:
+        window = int(time.time() // self.RATE_WINDOW) - back
+        return f"rl:{window}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+    async def shared_blocked(self, key: str, limit: int) -> bool:
+        now, before = (
+            await self.cache.count(self._rate_key(key)),
+            await self.cache.count(self._rate_key(key, 1)),
+        )
+        return now + before >= limit
+
+    async def shared_hit(self, key: str) -> None:
+        await self.cache.incr(self._rate_key(key), self.RATE_WINDOW * 2)
 
     # presence and file_changed, across backends ------------------------------------------------
     def local_names(self, ws_id: str) -> list[str]:

@@ -62,6 +62,37 @@ class Cache:
             self.errors += 1
         return ok
 
+    async def incr(self, key: str, ttl: int) -> int | None:
+        """Atomically count ``key`` up (created with ``ttl``); None when memcached is unavailable."""
+        if self._client is None:
+            return None
+        full = self.prefix + key
+
+        def run() -> int | None:
+            self._client.add(full, "0", ttl)
+            value = self._client.incr(full)
+            return int(value) if value is not None else None
+
+        try:
+            return await self._call(run)
+        except Exception:
+            self.errors += 1
+            return None
+
+    async def count(self, key: str) -> int:
+        """The value of an ``incr`` counter (0 if absent or memcached is unavailable)."""
+        if self._client is None:
+            return 0
+        try:
+            value = await self._call(self._client.get, self.prefix + key)
+        except Exception:
+            self.errors += 1
+            return 0
+        try:
+            return int(value or 0)
+        except (TypeError, ValueError):
+            return 0
+
     async def delete(self, *keys: str) -> None:
         if self._client is None:
             return

@@ -103,3 +103,21 @@ async def test_presence_and_file_changed_across_backends(
     finally:
         await ca.close()
         await cb.close()
+
+
+async def test_login_limits_are_shared_by_backends(
+    backend_config: Callable[..., Any], start_backend: Any, pg_url: str, memcached: Memcached
+) -> None:
+    a: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    b: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    await a.new_user("target")
+    limit = a.app.config.login_attempts_per_account
+    for i in range(limit):
+        attacker = (a if i % 2 else b).user()
+        code, _ = await attacker.login("target", "wrong password")
+        assert code == 403
+    # neither backend alone saw `limit` failures, together they did
+    code, body = await a.user().login("target")
+    assert code == 429 and body["code"] == "rate_limited"
+    code, body = await b.user().login("target")
+    assert code == 429

@@ -61,8 +61,13 @@ class LoginHandler(_LoginBase):
         ):
             raise ApiError(400, "bad_field", "username and password are required")
         app = self.backend
-        acc_key, ip_key = f"acct:{name.lower()}", f"ip:{self.request.remote_ip}"
-        if app.account_limiter.blocked(acc_key) or app.ip_limiter.blocked(ip_key):
+        acc_key, ip_key = f"acct:{name.lower()[:200]}", f"ip:{self.request.remote_ip}"
+        if (
+            app.account_limiter.blocked(acc_key)
+            or app.ip_limiter.blocked(ip_key)
+            or await app.shared_blocked(acc_key, app.config.login_attempts_per_account)
+            or await app.shared_blocked(ip_key, app.config.login_attempts_per_ip)
+        ):
             app.metrics.logins_limited += 1
             raise ApiError(429, "rate_limited", "Too many failed logins; wait a few minutes")
         found = await app.db.run(accounts.find_login, name)
@@ -73,6 +78,8 @@ class LoginHandler(_LoginBase):
         if not ok or found is None or found[2]:
             app.account_limiter.hit(acc_key)
             app.ip_limiter.hit(ip_key)
+            await app.shared_hit(acc_key)
+            await app.shared_hit(ip_key)
             app.metrics.logins_failed += 1
             raise ApiError(403, "bad_login", "Wrong user name or password")
         app.account_limiter.reset(acc_key)
