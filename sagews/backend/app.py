@@ -142,7 +142,22 @@ class BackendApp(tornado.web.Application):
         if origin is not None:
             self._spawn(self.events.publish({"kind": "file_changed", "ws": ws_id, "path": path, "by": by}))
 
+    def sessions_revoked(self, token_hashes: list[str], publish: bool = True) -> None:
+        """Close live connections logged in with these sessions (here, and on the other backends)."""
+        wanted = set(token_hashes)
+        for conn in list(self.live):
+            if conn.token_hash in wanted:
+                conn.session.close(4001, "logged out")
+        if publish and token_hashes:
+            for i in range(0, len(token_hashes), 100):  # NOTIFY payloads stay small
+                self._spawn(
+                    self.events.publish({"kind": "revoke", "ws": "", "th": token_hashes[i : i + 100]})
+                )
+
     def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("kind") == "revoke" and isinstance(event.get("th"), list):
+            self.sessions_revoked([str(h) for h in event["th"]], publish=False)
+            return
         ws_id = event.get("ws")
         if not isinstance(ws_id, str):
             return

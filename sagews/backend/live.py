@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from sockjs.tornado import SockJSConnection
 
-from sagews.backend.accounts import User
+from sagews.backend.accounts import User, hash_token
 from sagews.backend.handlers.base import lookup_user
 from sagews.backend.workers import WorkerUnavailable
 from sagews.backend.workspaces import WorkspaceError, check_id, db_members, db_unpublish
@@ -80,9 +80,10 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         self.app.live.add(self)
         cookie = info.get_cookie(self.app.config.cookie_name)
         self.token = cookie.value if cookie else None
+        self.token_hash = hash_token(self.token) if self.token else None
         origin = info.get_header("Origin")
         if origin and not self._origin_ok(origin, info.get_header("Host") or ""):
-            self.token = None  # never authenticated; messages before the close are ignored
+            self.token = self.token_hash = None  # never authenticated; messages before the close are ignored
             self.ready: asyncio.Future[None] = asyncio.ensure_future(asyncio.sleep(0))
             self.session.close(4003, "origin not allowed")
             return

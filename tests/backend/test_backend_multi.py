@@ -121,3 +121,27 @@ async def test_login_limits_are_shared_by_backends(
     assert code == 429 and body["code"] == "rate_limited"
     code, body = await b.user().login("target")
     assert code == 429
+
+
+async def test_logout_closes_live_connections_on_every_backend(
+    backend_config: Callable[..., Any], start_backend: Any, pg_url: str, memcached: Memcached
+) -> None:
+    from tests.backend.helpers import wait_until
+
+    a: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    b: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    await wait_until(lambda: a.app.events.connected and b.app.events.connected, what="LISTEN connections")
+    u = await a.new_user("leaver")
+    ub = HttpUser(b.base)
+    ub.cookies = dict(u.cookies)
+    ca = await SockClient(u).connect()
+    cb = await SockClient(ub).connect()
+    try:
+        assert (await u.req("POST", "/api/logout"))[0] == 200
+        for c in (ca, cb):
+            while (m := await c.recv(20))["type"] != "_closed":
+                pass
+            assert m["close"][0] == 4001
+    finally:
+        await ca.close()
+        await cb.close()

@@ -95,6 +95,7 @@ class LogoutHandler(ApiHandler):
             th = accounts.hash_token(token)
             await self.backend.db.run(accounts.revoke_session, th)
             await self.backend.cache.delete(f"sess:{th}")
+            self.backend.sessions_revoked([th])
         self.clear_cookie(self.backend.config.cookie_name)
         self.write_json({})
 
@@ -120,6 +121,7 @@ class AccountHandler(_LoginBase):
             pw_hash = await loop.run_in_executor(None, accounts.hash_password, new)
             revoked = await app.db.run(accounts.set_password, u.name, pw_hash)
             await app.cache.delete(*(f"sess:{h}" for h in revoked))
+            app.sessions_revoked(revoked)
             await self.start_session(u)
             out["password"] = "changed"  # noqa: S105
         if "name" in b:
