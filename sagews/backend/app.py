@@ -86,6 +86,7 @@ class BackendApp(tornado.web.Application):
             },
         )
         routes: list[Any] = [*auth.routes, *ws_handlers.routes, *admin.routes, *ops.routes]
+        routes.append((r"/api/.*", ops.ApiNotFoundHandler))
         if config.static_dir:
             routes.append((r"/static/(.*)", StaticHandler, {"path": config.static_dir}))
             routes += ops.page_routes

@@ -594,6 +594,10 @@ class Workspaces:
                 log.warning("save before closing %s failed: %s", ws_id, exc)
                 return  # keep it open: never drop unsaved work silently
         self.open.pop(ws_id, None)
+        for locks in (self.locks, self.save_locks):
+            lock = locks.get(ws_id)
+            if lock is not None and not lock.locked():
+                del locks[ws_id]
         with contextlib.suppress(WorkerUnavailable):
             await ow.link.call("close", session=ow.session, timeout=30)
         await self.write(db_place, ws_id, None)

@@ -63,6 +63,8 @@ async def test_json_errors(backend: Backend) -> None:
         ("POST", "/api/workspaces", {"name": "x" * 500}, None, 400, "bad_field"),
         ("GET", "/api/workspaces/not-a-uuid", None, None, 404, "not_found"),
         ("GET", "/api/workspaces/00000000-0000-0000-0000-000000000000", None, None, 404, "not_found"),
+        ("GET", "/api/no/such/thing", None, None, 404, "not_found"),
+        ("POST", "/api/no-such", {}, None, 404, "not_found"),
     ]
     for method, path, body, raw, status, code in cases:
         got_status, got = await u.req(method, path, body, raw=raw)

@@ -7,7 +7,7 @@ import time
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from sagews.backend.handlers.base import BaseHandler
+from sagews.backend.handlers.base import ApiError, ApiHandler, BaseHandler
 
 
 def _ping(s: Session) -> None:
@@ -91,6 +91,13 @@ class PageHandler(BaseHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish((Path(static) / name).read_bytes())
+
+
+class ApiNotFoundHandler(ApiHandler):
+    """Any other /api/ path: a JSON 404 (not Tornado's HTML page)."""
+
+    async def prepare(self) -> None:
+        raise ApiError(404, "not_found", "No such API endpoint")
 
 
 routes = [
