@@ -293,6 +293,17 @@ def db_place(s: Session, ws_id: str, worker_id: int | None) -> None:
         w.last_activity = utcnow()
 
 
+def db_claim(s: Session, ws_id: str, expected: int | None, worker_id: int) -> int | None:
+    """Place the workspace on ``worker_id`` only if it is still where we saw it; returns the placement."""
+    w = s.get(Workspace, ws_id, with_for_update=True)
+    if w is None:
+        return None
+    if w.worker_id == expected:
+        w.worker_id = worker_id
+        w.last_activity = utcnow()
+    return w.worker_id
+
+
 def db_publish(s: Session, ws_id: str, path: str, text: str) -> str:
     _ws(s, ws_id)
     p = s.scalar(select(Publication).where(Publication.workspace_id == ws_id, Publication.path == path))
@@ -413,21 +424,27 @@ class Workspaces:
             self.open.pop(ws_id, None)
             m = await self.meta(ws_id)
             tried: set[int] = set()
-            for _ in range(3):
+            for _ in range(4):
                 link = self.pool.links.get(m["worker_id"]) if m["worker_id"] is not None else None
                 if link is None or not link.healthy or link.id in tried:
                     link = self.pool.pick(exclude=tried)
                 if link is None:
                     raise WorkspaceError("no_worker", "No compute worker is available; try again soon", 503)
                 tried.add(link.id)
+                if m["worker_id"] != link.id:
+                    # compare-and-set: if another backend placed it meanwhile, follow that placement
+                    current = await self.write(db_claim, ws_id, m["worker_id"], link.id)
+                    if current != link.id:
+                        tried.discard(link.id)
+                        m = await self.meta(ws_id)
+                        continue
+                    m = {**m, "worker_id": link.id}
                 try:
                     ow = await self._open_on(link, ws_id, m["head_commit"])
                 except WorkerUnavailable as exc:
                     log.warning("opening %s on worker %s failed: %s", ws_id, link.id, exc)
                     link.healthy = False
                     continue
-                if m["worker_id"] != link.id:
-                    await self.write(db_place, ws_id, link.id)
                 self.open[ws_id] = ow
                 return ow
             raise WorkspaceError("no_worker", "No compute worker could open this workspace", 503)

@@ -127,3 +127,24 @@ async def test_long_chains_are_repacked(
         assert len(hist["commits"]) == 6
     finally:
         await c.close()
+
+
+async def test_placement_is_compare_and_set(backend: Backend) -> None:
+    """Two backends placing a closed workspace at once: the second follows the first's choice."""
+    from sagews.backend.workspaces import db_claim, db_meta
+
+    u = await backend.new_user()
+    ws = await make_ws(u)
+    db = backend.app.db
+    wid = next(iter(backend.app.pool.links))
+    assert await db.run(db_claim, ws, None, wid) == wid  # first claim wins
+    assert await db.run(db_claim, ws, None, 999999) == wid  # a stale claimer learns the placement
+    assert (await db.run(db_meta, ws))["worker_id"] == wid
+    # a backend whose cached metadata is stale still ends up on the placed worker
+    await backend.app.cache.set(f"ws:{ws}", {**(await db.run(db_meta, ws)), "worker_id": None})
+    c = await SockClient(u).connect()
+    try:
+        assert (await c.request({"type": "open", "workspace": ws}))["type"] == "opened"
+        assert backend.app.workspaces.open[ws].link.id == wid
+    finally:
+        await c.close()
