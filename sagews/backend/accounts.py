@@ -18,7 +18,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from sagews.db.models import Account, AuthSession
@@ -134,8 +134,18 @@ def session_user(s: Session, token_hash: str) -> User | None:
             Account.disabled.is_(False),
         )
     ).first()
-    if row is None or row.expires <= utcnow():
+    now = utcnow()
+    if row is None or row.expires <= now:
         return None
+    # last_seen for operators (at most one write per session per cache period: lookups are cached)
+    s.execute(
+        update(AuthSession)
+        .where(
+            AuthSession.token_hash == token_hash,
+            or_(AuthSession.last_seen.is_(None), AuthSession.last_seen < now - dt.timedelta(minutes=5)),
+        )
+        .values(last_seen=now)
+    )
     return User(row.id, row.name, row.is_admin)
 
 
