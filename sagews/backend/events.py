@@ -39,6 +39,7 @@ class EventBus:
         self.id = secrets.token_hex(6)
         self.enabled = db.engine.dialect.name == "postgresql"
         self.conn: Any = None
+        self.fd: int | None = None
         self.connected = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -69,6 +70,8 @@ class EventBus:
 
     def _readable(self) -> None:
         conn = self.conn
+        if conn is None:
+            return
         try:
             conn.poll()
         except Exception as exc:
@@ -91,9 +94,11 @@ class EventBus:
 
     def _drop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.conn is not None:
+        if self.fd is not None:  # the fd noted at connect: fileno() fails once libpq dropped the socket
             with contextlib.suppress(Exception):
-                loop.remove_reader(self.conn.fileno())
+                loop.remove_reader(self.fd)
+            self.fd = None
+        if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
         self.conn = None
@@ -107,7 +112,8 @@ class EventBus:
             if self.conn is None:
                 try:
                     self.conn = await loop.run_in_executor(self.db.executor, self._connect)
-                    loop.add_reader(self.conn.fileno(), self._readable)
+                    self.fd = self.conn.fileno()
+                    loop.add_reader(self.fd, self._readable)
                     self.connected = True
                     delay = 0.5
                 except Exception as exc:

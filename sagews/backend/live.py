@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sockjs.tornado import SockJSConnection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from sagews.backend.accounts import User, hash_token
 from sagews.backend.handlers.base import lookup_user
@@ -161,6 +163,9 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             self.error(re_, exc.code, exc.message)
         except WorkerUnavailable:
             self.error(re_, "worker_lost", "The compute worker went away; try again")
+        except (DBAPIError, SATimeoutError):
+            log.warning("database unavailable during %r", msg.get("type"))
+            self.error(re_, "db_unavailable", "The database is unavailable; try again shortly")
         except asyncio.CancelledError:
             raise
         except Exception:

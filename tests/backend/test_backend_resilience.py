@@ -148,3 +148,28 @@ async def test_placement_is_compare_and_set(backend: Backend) -> None:
         assert backend.app.workspaces.open[ws].link.id == wid
     finally:
         await c.close()
+
+
+async def test_database_down_gives_503_then_recovers(backend: Backend, postgres: Any) -> None:
+    u = await backend.new_user("dbdown")
+    ws = await make_ws(u)
+    c = await SockClient(u).connect()
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        await backend.app.cache.delete(f"ws:{ws}")  # force DB reads
+        postgres.stop()
+        backend.app.last_db_ok = 0
+        code, body = await u.req("GET", "/healthz")
+        assert code == 503 and b"database" in body
+        code, body = await u.req("GET", "/api/workspaces")
+        assert code == 503 and body["code"] == "db_unavailable"
+        r = await c.request({"type": "read", "session": ws, "path": "x"})
+        assert r["code"] == "db_unavailable", r
+    finally:
+        if not postgres.is_running():
+            postgres.start()
+    assert (await u.req("GET", "/api/workspaces"))[0] == 200  # pool_pre_ping: no stale connection errors
+    backend.app.last_db_ok = 0
+    assert (await u.req("GET", "/healthz"))[0] == 200
+    assert (await c.request({"type": "read", "session": ws, "path": "x"}))["code"] == "not_found"
+    await c.close()

@@ -8,6 +8,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 import tornado.web
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from sagews.backend.accounts import AccountError, User, hash_token, session_user
 from sagews.backend.workspaces import WorkspaceError
@@ -107,6 +109,9 @@ class ApiHandler(BaseHandler):
         elif isinstance(exc, AccountError | WorkspaceError):
             self.set_status(exc.status)
             status_code, code, message = exc.status, exc.code, exc.message
+        elif isinstance(exc, DBAPIError | SATimeoutError):
+            self.set_status(503)
+            code, message = "db_unavailable", "The database is unavailable; try again shortly"
         elif isinstance(exc, tornado.web.HTTPError):
             code = "xsrf" if "xsrf" in str(exc.log_message or "").lower() else f"http_{status_code}"
             message = exc.log_message or HTTPStatus(status_code).phrase
