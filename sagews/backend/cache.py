@@ -62,6 +62,20 @@ class Cache:
             self.errors += 1
         return ok
 
+    async def add(self, key: str, value: Any, ttl: int) -> bool | None:
+        """Store only if absent (a lease); None when memcached is unavailable (callers fail open)."""
+        if self._client is None:
+            return None
+        try:
+            ok = await self._call(self._client.add, self.prefix + key, value, ttl)
+        except Exception:
+            self.errors += 1
+            return None
+        if ok:
+            return True
+        # python-memcached answers 0 both for "exists" and for "server dead": tell them apart
+        return False if await self._call(self._client.get, self.prefix + key) is not None else None
+
     async def incr(self, key: str, ttl: int) -> int | None:
         """Atomically count ``key`` up (created with ``ttl``); None when memcached is unavailable."""
         if self._client is None:

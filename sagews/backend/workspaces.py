@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -525,7 +525,7 @@ class Workspaces:
     async def save(self, ws_id: str, message: str | None = None) -> dict[str, Any]:
         """Commit on the worker, store the bundle (one transaction), reply only after COMMIT."""
         lock = self.save_locks.setdefault(ws_id, asyncio.Lock())
-        async with lock:
+        async with lock, self._save_lease(ws_id):
             fields: dict[str, Any] = {} if message is None else {"message": message}
             r = await self.request(ws_id, "save", fields)
             if r.get("type") != "saved":
@@ -599,6 +599,30 @@ class Workspaces:
             return bool(await self.write(db_repack, ws_id, data, last, m["head_commit"]))
         except IntegrityError:
             return False
+
+    @contextlib.asynccontextmanager
+    async def _save_lease(self, ws_id: str) -> AsyncIterator[None]:
+        """Across backends, one save of a workspace at a time (a memcached lease, 120 s). Without
+        memcached this falls back to the per-process lock only (see docs/backend.md)."""
+        token = secrets.token_hex(8)
+        key = f"savelease:{ws_id}"
+        deadline = time.monotonic() + 130
+        held = False
+        while True:
+            got = await self.cache.add(key, token, 120)
+            if got is None:  # memcached unavailable: fail open
+                break
+            if got:
+                held = True
+                break
+            if time.monotonic() > deadline:
+                raise WorkspaceError("busy", "Another save of this workspace is still running", 503)
+            await asyncio.sleep(0.05)
+        try:
+            yield
+        finally:
+            if held:
+                await self.cache.delete(key)
 
     async def close(self, ws_id: str, save: bool = True) -> None:
         ow = self.open.get(ws_id)

@@ -145,3 +145,38 @@ async def test_logout_closes_live_connections_on_every_backend(
     finally:
         await ca.close()
         await cb.close()
+
+
+async def test_concurrent_saves_from_two_backends_lose_nothing(
+    backend_config: Callable[..., Any], start_backend: Any, pg_url: str, memcached: Memcached
+) -> None:
+    import asyncio
+
+    a: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    b: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    u = await a.new_user("saver")
+    ub = HttpUser(b.base)
+    ub.cookies = dict(u.cookies)
+    ws = await make_ws(u)
+    ca = await SockClient(u).connect()
+    cb = await SockClient(ub).connect()
+    try:
+        await ca.request({"type": "open", "workspace": ws})
+        await cb.request({"type": "open", "workspace": ws})
+
+        async def one(c: SockClient, i: int) -> dict:
+            await c.request({"type": "write", "session": ws, "path": f"g{i}.txt", "text": str(i)})
+            return await c.request({"type": "save", "session": ws, "message": f"s{i}"})
+
+        results = await asyncio.gather(*(one(ca if i % 2 else cb, i) for i in range(8)))
+        assert all(r["type"] == "saved" for r in results), results
+        seqs = sorted(r["seq"] for r in results if not r.get("unchanged"))
+        assert seqs == list(range(len(seqs))), seqs
+        _, body = await u.req("POST", f"/api/workspaces/{ws}/copy", {"name": "check"})
+        cp = body["workspace"]["id"]
+        await ca.request({"type": "open", "workspace": cp})
+        ls = await ca.request({"type": "ls", "session": cp})
+        assert {f"g{i}.txt" for i in range(8)} <= {e["name"] for e in ls["entries"]}, ls
+    finally:
+        await ca.close()
+        await cb.close()
