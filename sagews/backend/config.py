@@ -47,6 +47,10 @@ class BackendConfig:
     login_attempts_per_ip: int = 30
     allowed_origins: list[str] = field(default_factory=list)  # SockJS Origin check; empty: same host
     signup: bool = True
+    # who may read /metrics (client address, after X-Forwarded-For when xheaders is on)
+    metrics_networks: list[str] = field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    )
     xheaders: bool = False  # trust X-Forwarded-For / X-Real-Ip (only behind HAProxy)
     logging: dict[str, Any] = field(default_factory=dict)  # a [logging] ClientConfig table (log server)
     db: DBConfig = field(default_factory=DBConfig)

@@ -177,3 +177,10 @@ async def test_tls_required_off_loopback_and_served(
         f"https://127.0.0.1:{b.port}/healthz", ssl_options=ctx, raise_error=False
     )
     assert resp.code == 200 and resp.body == b"ok\n"
+
+
+async def test_metrics_only_for_monitoring_networks(backend: Backend) -> None:
+    u = backend.user()
+    assert (await u.req("GET", "/metrics"))[0] == 200
+    backend.app.config.metrics_networks = ["10.0.0.0/8"]
+    assert (await u.req("GET", "/metrics"))[0] == 403

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from sqlalchemy import text
@@ -43,8 +44,21 @@ class MetricsHandler(BaseHandler):
     async def prepare(self) -> None:
         self.current_user = None
 
+    def _allowed(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(
+            addr in ipaddress.ip_network(n, strict=False) for n in self.backend.config.metrics_networks
+        )
+
     async def get(self) -> None:
         app = self.backend
+        if not self._allowed(self.request.remote_ip or ""):
+            self.set_status(403)
+            self.finish("metrics are served to the monitoring networks only\n")
+            return
         pool = app.db.engine.pool
         cache = app.cache
         lookups = cache.hits + cache.misses
