@@ -214,6 +214,7 @@ class LogServerHandler(logging.Handler):
         if reply.get("type") != "ack" or reply.get("batch") != batch_id:
             raise SendError(f"unexpected reply: {str(reply)[:200]}")
         self.metrics["acked"] += len(batch)
+        self.metrics["batches"] += 1
         self.metrics["rejected"] += int(reply.get("rejected", 0))
 
     def _read_frame(self, sock: ssl.SSLSocket) -> dict[str, Any]:

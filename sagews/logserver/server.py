@@ -305,8 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.db_url:
         cfg.db["url"] = args.db_url
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop  # the read/ack path is loop-bound: uvloop cuts its cost (docs/benchmarks.md)
+    except ImportError:
+        uvloop = None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(cfg))
+        if uvloop is not None:
+            uvloop.run(serve(cfg))
+        else:
+            asyncio.run(serve(cfg))
     return 0
 
 
