@@ -179,7 +179,7 @@ def write_doc(res: dict[str, Any]) -> None:
     ]
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    section = "\n".join(lines)
+    section = "\n".join(lines).rstrip("\n") + "\n\n"
     start = text.find("## Worker")
     if start >= 0:
         end = text.find("\n## ", start + 1)
