@@ -225,6 +225,9 @@ class Session:
         self.engine_name = engine
         self.proc: EngineProc | None = None
         self.lock = asyncio.Lock()
+        # saves and restores of one workspace run one at a time: two concurrent `git commit`s in one
+        # checkout fail on git's index.lock, and a save must not read a half-restored repository
+        self.git_lock = asyncio.Lock()
         self.current: Execution | None = None
         self.last: Execution | None = None
         self.alive = False
@@ -845,6 +848,10 @@ class Worker:
         return path
 
     async def save(self, session: Session, message: object) -> dict[str, Any]:
+        async with session.git_lock:
+            return await self._save(session, message)
+
+    async def _save(self, session: Session, message: object) -> dict[str, Any]:
         if session.over_quota:
             raise ProtocolError("quota", "disk quota exceeded: delete files before saving")
         bdir = self._bundle_dir(session.workspace)
@@ -873,6 +880,10 @@ class Worker:
         return reply
 
     async def restore(self, session: Session, bundles: object) -> dict[str, Any]:
+        async with session.git_lock:
+            return await self._restore(session, bundles)
+
+    async def _restore(self, session: Session, bundles: object) -> dict[str, Any]:
         bdir = self._bundle_dir(session.workspace)
         if bundles is None:
             files = sorted(bdir.glob("*.bundle"))

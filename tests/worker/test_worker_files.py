@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 
 import pytest
+from worker_helpers import WorkerProc
 
 from sagews.worker.client import WorkerClient, WorkerError
 
@@ -73,6 +75,37 @@ def test_save_bundles_restore_history(client: WorkerClient, session: str) -> Non
     # restoring from the worker's own stored bundles works too
     client.request("write", session=session, path="notes.txt", text="scratch")
     assert client.request("restore", session=session)["commit"] == hist[0]["commit"]
+
+
+def test_concurrent_saves_of_one_workspace_all_succeed(worker: WorkerProc, session: str) -> None:
+    """Saves arriving at once (two backends, autosave + a click) are run one after the other: none fails
+    on git's index.lock, and the stored bundles still chain into the final state."""
+    errors: list[BaseException] = []
+    replies: list[dict[str, object]] = []
+
+    def saver(i: int) -> None:
+        try:
+            with worker.client() as c:
+                c.request("write", session=session, path=f"f{i}.txt", text=f"{i}\n")
+                replies.append(c.request("save", session=session, message=f"save {i}"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saver, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(replies) == 6
+    with worker.client() as c:
+        head = c.request("history", session=session)["commits"][0]["commit"]
+        for i in range(6):
+            c.request("delete", session=session, path=f"f{i}.txt")
+        # rebuild from the bundles the worker stored for these saves: every file is back
+        assert c.request("restore", session=session)["commit"] == head
+        names = {e["name"] for e in c.request("ls", session=session)["entries"]}
+    assert {f"f{i}.txt" for i in range(6)} <= names
 
 
 def test_bad_bundle_leaves_the_workspace_alone(client: WorkerClient, session: str) -> None:
