@@ -1,0 +1,66 @@
+"""Small helpers shared by the benchmark scripts (not a benchmark itself: run.sh runs bench_*.py only)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pressure() -> str:
+    """The first line of /proc/pressure/cpu (``some avg10=... total=...``), or ``n/a``."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return "n/a"
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (``p`` in 0..1); with fewer than 100 values p99 is the maximum."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+def start_memcached(port: int) -> subprocess.Popen[bytes]:
+    """memcached on 127.0.0.1:port (as the memcache user), returned once it accepts connections."""
+    proc = subprocess.Popen(
+        [shutil.which("memcached") or "/usr/bin/memcached", "-p", str(port), "-l", "127.0.0.1", "-U", "0",
+         "-u", "memcache"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("memcached did not start") from None
+            time.sleep(0.02)
+
+
+def replace_section(title: str, section: str, doc: Path = BENCHMARKS_MD) -> None:
+    """Replace the ``## title`` section of docs/benchmarks.md (or append it), keeping the others intact
+    and a blank line before the next ``## `` heading."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    body = section.strip("\n") + "\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: body + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    doc.write_text(text.rstrip("\n") + "\n")
