@@ -35,19 +35,13 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, select  # noqa: E402
 
+from bench._common import pressure  # noqa: E402
 from sagews.db import make_engine, migrate  # noqa: E402
 from sagews.db.models import LogRecord  # noqa: E402
 from sagews.devpki import DevCA  # noqa: E402
 from sagews.logserver.client import LogServerHandler  # noqa: E402
 from sagews.logserver.config import ClientConfig  # noqa: E402
 from tests.fixtures.postgres import PostgresCluster  # noqa: E402
-
-
-def pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "n/a"
 
 
 def pct(values: list[float], q: float) -> float:
