@@ -34,6 +34,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -198,7 +199,11 @@ class LogRecord(Base):
     __table_args__ = (
         Index("ix_log_records_service_ts", "service", "ts"),
         Index("ix_log_records_host_ts", "host", "ts"),
-    )
+        # warnings and errors only (migration 0002): most records are INFO, whose index entries
+        # would cost every insert and never be selective
+        Index("ix_log_records_problems", "id", postgresql_where=text("level >= 30"),
+              sqlite_where=text("level >= 30")),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)  # arrival order, for tailing
     rid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -207,7 +212,7 @@ class LogRecord(Base):
     service: Mapped[str] = mapped_column(String(64))
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
-    level: Mapped[int] = mapped_column(SmallInteger, index=True)  # logging levelno (10 DEBUG .. 50 CRITICAL)
+    level: Mapped[int] = mapped_column(SmallInteger)  # logging levelno (10 DEBUG .. 50 CRITICAL)
     logger: Mapped[str] = mapped_column(String(255))
     message: Mapped[str] = mapped_column(Text)
     exc: Mapped[str | None] = mapped_column(Text)  # formatted traceback
