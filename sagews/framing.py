@@ -31,6 +31,11 @@ def encode(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def frame_bytes(body: bytes) -> bytes:
+    """A frame around an already encoded JSON body."""
+    return HEADER.pack(len(body)) + body
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     try:
         message = json.loads(body)

@@ -11,8 +11,10 @@ after fsync to its own spool). When no server answers, batches go to a durable l
 from __future__ import annotations
 
 import collections
+import collections.abc
 import contextlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -27,7 +29,8 @@ from sagews import framing, tls
 from sagews.logserver.config import ClientConfig
 from sagews.logserver.spool import Spool
 
-MAX_CLIENT_FRAME = 1 << 20  # the client splits batches to stay under this
+MAX_CLIENT_FRAME = 1 << 20  # bytes of records JSON per frame, about: the client splits batches
+MAX_TEXT = 32768  # characters of msg and of exc sent (the server cuts at its max_message anyway)
 
 
 class SendError(Exception):
@@ -108,15 +111,8 @@ class LogServerHandler(logging.Handler):
         prefix, seq, ts, pid, level, name, msg, exc = t
         return {
             "rid": f"{prefix}{seq:x}", "ts": ts, "service": self.service, "host": self.hostname, "pid": pid,
-            "level": level, "logger": name[:255], "msg": msg[:32768], "exc": exc,
+            "level": level, "logger": name[:255], "msg": msg[:MAX_TEXT], "exc": exc and exc[:MAX_TEXT],
         }  # fmt: skip
-
-    def _drain(self) -> list[dict[str, Any]]:
-        out = []
-        q = self._queue
-        while q and len(out) < self.cfg.batch_max:
-            out.append(self._record(q.popleft()))
-        return out
 
     def _run(self) -> None:
         while True:
@@ -132,9 +128,10 @@ class LogServerHandler(logging.Handler):
                         self._disconnect()
                 batch = self._drain()
                 if batch:
-                    if self.spool.pending() or not self._send_any(batch):
-                        self.spool.append(batch)
-                        self.metrics["spooled"] += len(batch)
+                    if self.spool.pending():
+                        self._spool([batch])  # keep the order: new records queue behind the spooled ones
+                    else:
+                        self._ship(batch)
                     self.metrics["spool_dropped"] = self.spool.dropped
                     continue
             finally:
@@ -146,9 +143,14 @@ class LogServerHandler(logging.Handler):
         self._disconnect()
         self.spool.close()
 
+    def _spool(self, batches: collections.abc.Iterable[list[dict[str, Any]]]) -> None:
+        for b in batches:
+            self.spool.append(b)
+            self.metrics["spooled"] += len(b)
+
     def _connect(self, exclude: set[int] | frozenset[int] = frozenset()) -> bool:
         if self._sock is not None:
-            if self._server_index > 0 and time.monotonic() - self._connected_at > self.cfg.failback_seconds:
+            if self._failback_due():
                 self._disconnect()  # try the primary again
             else:
                 return True
@@ -181,41 +183,92 @@ class LogServerHandler(logging.Handler):
                 self._sock.close()
             self._sock = None
 
-    def _send_any(self, batch: list[dict[str, Any]]) -> bool:
-        """Send to the current server, else the others in order. False if none acknowledged."""
-        failed: set[int] = set()
-        while len(failed) < len(self.servers):
-            if not self._connect(failed):
-                return False
-            try:
-                self._send_batch(batch)
-                return True
-            except (SendError, OSError):
-                self.metrics["send_failures"] += 1
-                failed.add(self._server_index)
-                self._disconnect()
-        self._next_attempt = time.monotonic() + self._backoff
-        return False
+    def _failback_due(self) -> bool:
+        return self._server_index > 0 and time.monotonic() - self._connected_at > self.cfg.failback_seconds
 
-    def _send_batch(self, batch: list[dict[str, Any]]) -> None:
-        frame = framing.encode({"type": "records", "batch": 0, "records": batch})
-        if len(frame) > MAX_CLIENT_FRAME and len(batch) > 1:
-            half = len(batch) // 2
-            self._send_batch(batch[:half])
-            self._send_batch(batch[half:])
-            return
+    def _ship(self, first: list[dict[str, Any]]) -> None:
+        """Deliver ``first`` and whatever is queued meanwhile: to the current server, else to the
+        others in order. Batches not acknowledged by any server go to the spool, in order."""
+        backlog: collections.deque[list[dict[str, Any]]] = collections.deque([first])
+        failed: set[int] = set()
+        while backlog:
+            if len(failed) >= len(self.servers) or not self._connect(failed):
+                self._next_attempt = max(self._next_attempt, time.monotonic() + self._backoff)
+                self._spool(backlog)
+                return
+            try:
+                self._pipeline(backlog)
+            except (SendError, OSError) as exc:
+                self.metrics["send_failures"] += 1
+                self.last_error = repr(exc)
+                failed.add(self._server_index)
+                self._disconnect()  # the unacknowledged batches are sent again (same rids) elsewhere
+
+    def _pipeline(self, backlog: collections.deque[list[dict[str, Any]]]) -> None:
+        """Send the backlog and newly queued full batches with up to ``window`` batches
+        unacknowledged on the connection (the server reads the next batch while the previous one
+        commits); acks come in order. A batch leaves ``backlog`` only when acknowledged; on an
+        error the caller re-sends what is left."""
         sock = self._sock
         if sock is None:
             raise SendError("not connected")
-        batch_id = next(self._batch_ids)
-        frame = framing.encode({"type": "records", "batch": batch_id, "records": batch})
-        sock.sendall(frame)
-        reply = self._read_frame(sock)
+        window = max(1, self.cfg.window)
+        sent: collections.deque[int] = collections.deque()  # batch ids of backlog[0:len(sent)]
+        while backlog:
+            while len(sent) < min(window, len(backlog)):
+                batch_id = next(self._batch_ids)
+                sock.sendall(self._frame(batch_id, backlog[len(sent)]))
+                sent.append(batch_id)
+            # pipeline only full batches: under a backlog that is throughput; with a trickle of
+            # records stop-and-wait lets them gather while the sender thread sleeps in recv (the
+            # sender then competes less with the logging threads for the GIL)
+            if len(sent) < window and len(self._queue) >= self.cfg.batch_max and not self._failback_due():
+                backlog.append(self._drain())
+                continue
+            self._check_ack(self._read_frame(sock), sent.popleft(), backlog.popleft())
+
+    def _frame(self, batch_id: int, batch: list[dict[str, Any]] | bytes) -> bytes:
+        """A records frame; the records' JSON is encoded once (not as part of a message dict)."""
+        records = batch if isinstance(batch, bytes) else self._json(batch)
+        return framing.frame_bytes(b'{"type":"records","batch":%d,"records":%s}' % (batch_id, records))
+
+    @staticmethod
+    def _json(batch: list[dict[str, Any]]) -> bytes:
+        return json.dumps(batch, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _drain(self) -> list[dict[str, Any]]:
+        """Up to ``batch_max`` queued records, and about ``MAX_CLIENT_FRAME`` bytes of text at most
+        (the server refuses frames over its ``max_frame``, 4 MiB by default)."""
+        out = []
+        q = self._queue
+        size = 0
+        while q and len(out) < self.cfg.batch_max and size < MAX_CLIENT_FRAME:
+            r = self._record(q.popleft())
+            size += 200 + len(r["msg"]) + len(r["exc"] or "")
+            out.append(r)
+        return out
+
+    def _check_ack(self, reply: dict[str, Any], batch_id: int, batch: list[dict[str, Any]]) -> None:
         if reply.get("type") != "ack" or reply.get("batch") != batch_id:
             raise SendError(f"unexpected reply: {str(reply)[:200]}")
         self.metrics["acked"] += len(batch)
         self.metrics["batches"] += 1
         self.metrics["rejected"] += int(reply.get("rejected", 0))
+
+    def _send_batch(self, batch: list[dict[str, Any]]) -> None:
+        """Stop-and-wait delivery of one batch to the current server (spool replay), split in
+        halves while its frame would be larger than ``MAX_CLIENT_FRAME``."""
+        sock = self._sock
+        if sock is None:
+            raise SendError("not connected")
+        body = self._json(batch)
+        if len(body) > MAX_CLIENT_FRAME and len(batch) > 1:
+            self._send_batch(batch[: len(batch) // 2])
+            self._send_batch(batch[len(batch) // 2 :])
+            return
+        batch_id = next(self._batch_ids)
+        sock.sendall(self._frame(batch_id, body))
+        self._check_ack(self._read_frame(sock), batch_id, batch)
 
     def _read_frame(self, sock: ssl.SSLSocket) -> dict[str, Any]:
         header = self._recv_exact(sock, 4)

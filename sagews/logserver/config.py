@@ -27,6 +27,7 @@ class ServerConfig:
     max_records_per_frame: int = 5000
     batch_rows: int = 5000  # the writer coalesces waiting frames into one transaction up to this
     queue_frames: int = 256  # frames waiting for the writer; readers pause beyond this (backpressure)
+    max_pending_replies: int = 16  # per connection: frames read but not yet answered (client pipelining)
     db_retry_seconds: float = 2.0  # while the DB is down, probe it this often and then replay the spool
     handshake_timeout: float = 10.0
     idle_timeout: float = 3600.0
@@ -42,6 +43,7 @@ class ClientConfig:
     spool_max_mb: float = 256
     queue_max: int = 100_000  # records waiting in memory; beyond: dropped and counted
     batch_max: int = 1000
+    window: int = 4  # batches sent before their acknowledgement arrives (1: stop-and-wait)
     level: str = "INFO"
     connect_timeout: float = 2.0
     ack_timeout: float = 10.0

@@ -31,6 +31,10 @@ from sagews.logserver.spool import Spool
 
 log = logging.getLogger("sagews.logserver")
 
+# an entry of a connection's reply queue: a message to send, or (batch id, durability future,
+# accepted, rejected) for an ack sent once the future resolves
+Reply = dict[str, Any] | tuple[Any, "asyncio.Future[str]", int, int]
+
 
 class LogServer:
     def __init__(self, cfg: ServerConfig) -> None:
@@ -44,7 +48,7 @@ class LogServer:
         self.spool = Spool(cfg.spool_dir, int(cfg.spool_max_mb * (1 << 20)))
         self.db_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="logserver-db")
         self.db_up = True
-        self.queue: asyncio.Queue[tuple[list[dict[str, Any]], asyncio.Future[str]]] = asyncio.Queue(
+        self.queue: asyncio.Queue[tuple[list[dict[str, Any]], str, asyncio.Future[str]]] = asyncio.Queue(
             cfg.queue_frames
         )
         self._listener: socket.socket | None = None
@@ -54,13 +58,14 @@ class LogServer:
 
     # ---- database side (runs in the single DB thread) ----
 
-    def _write(self, rows: list[dict[str, Any]]) -> str:
-        """Store rows (DB, else spool). Returns "stored" or "spooled"."""
+    def _write(self, rows: list[dict[str, Any]], csv_text: str | None = None) -> str:
+        """Store rows (DB, else spool). Returns "stored" or "spooled". ``csv_text``: the rows as
+        ``store.to_csv`` makes them, built on the event loop while this thread was busy."""
         if self.db_up and self.spool.pending():
             self._try_replay()
         if self.db_up:
             try:
-                added = store.insert(self.engine, rows)
+                added = store.insert(self.engine, rows, csv_text)
                 self.counters["stored"] += added
                 self.counters["duplicates"] += len(rows) - added
                 return "stored"
@@ -127,16 +132,17 @@ class LogServer:
             while not self.queue.empty() and n < self.cfg.batch_rows:
                 items.append(self.queue.get_nowait())
                 n += len(items[-1][0])
-            rows = [r for batch, _ in items for r in batch]
+            rows = [r for batch, _, _ in items for r in batch]
+            text = "".join(t for _, t, _ in items)
             try:
-                outcome = await loop.run_in_executor(self.db_thread, self._write, rows)
+                outcome = await loop.run_in_executor(self.db_thread, self._write, rows, text)
             except Exception as exc:  # spool failure (disk full...): no ack, the client retries
                 log.exception("cannot store a batch")
-                for _, fut in items:
+                for _, _, fut in items:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for _, fut in items:
+            for _, _, fut in items:
                 if not fut.done():
                     fut.set_result(outcome)
 
@@ -181,25 +187,54 @@ class LogServer:
         peer = tls.peer_common_name(ssl_obj) if ssl_obj is not None else None
         if self.cfg.allowed_clients and peer not in self.cfg.allowed_clients:
             self.counters["not_allowed"] += 1
-            await self._send(writer, {"type": "error", "code": "forbidden", "message": "client not allowed"})
+            writer.write(framing.encode({"type": "error", "code": "forbidden", "message": "not allowed"}))
+            with contextlib.suppress(Exception):
+                await writer.drain()
             writer.close()
             return
+        # Replies leave in request order from one task; the reader goes on with the next frame while
+        # earlier batches wait for their COMMIT (clients pipeline up to their window).
+        replies: asyncio.Queue[Reply | None] = asyncio.Queue(self.cfg.max_pending_replies)
+        sender = asyncio.create_task(self._reply_loop(replies, writer))
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, replies)
         except framing.FrameError as exc:
             self.counters[exc.code] += 1
-            with contextlib.suppress(Exception):
-                await self._send(writer, {"type": "error", "code": exc.code, "message": exc.message})
+            await replies.put({"type": "error", "code": exc.code, "message": exc.message})
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError, TimeoutError):
             self.counters["truncated"] += 1
         finally:
+            if not sender.done():
+                await replies.put(None)
+            with contextlib.suppress(Exception):
+                await sender
             writer.close()
 
-    async def _send(self, writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
-        writer.write(framing.encode(msg))
-        await writer.drain()
+    async def _reply_loop(self, replies: asyncio.Queue[Reply | None], writer: asyncio.StreamWriter) -> None:
+        broken = False
+        while (item := await replies.get()) is not None:
+            if isinstance(item, tuple):  # a batch: its ack once it is durable
+                batch_id, fut, accepted, rejected = item
+                try:
+                    outcome = await fut
+                    msg: dict[str, Any] = {"type": "ack", "batch": batch_id, "accepted": accepted,
+                                           "rejected": rejected, "spooled": outcome == "spooled"}  # fmt: skip
+                except Exception:
+                    msg = {"type": "error", "code": "unavailable", "batch": batch_id,
+                           "message": "cannot store now, retry"}  # fmt: skip
+            else:
+                msg = item
+            if broken:
+                continue  # keep draining: the reader must never wait on a full queue for a dead peer
+            try:
+                writer.write(framing.encode(msg))
+                await writer.drain()
+            except (ConnectionError, ssl.SSLError, OSError):
+                broken = True
+                writer.close()  # the reader sees the end of the stream
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, replies: asyncio.Queue[Reply | None]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 msg = await asyncio.wait_for(
@@ -209,7 +244,7 @@ class LogServer:
                 if exc.code == "too_large":
                     raise  # the body was not read: the stream is out of step, close
                 self.counters[exc.code] += 1  # bad_json / bad_message: the next frame is still aligned
-                await self._send(writer, {"type": "error", "code": exc.code, "message": exc.message})
+                await replies.put({"type": "error", "code": exc.code, "message": exc.message})
                 continue
             if msg is None:
                 return
@@ -217,23 +252,18 @@ class LogServer:
             kind = msg.get("type")
             if kind == "stats":
                 self.counters["spool_dropped"] = self.spool.dropped
-                await self._send(
-                    writer, {"type": "stats", "counters": dict(self.counters), "db_up": self.db_up}
-                )
+                await replies.put({"type": "stats", "counters": dict(self.counters), "db_up": self.db_up})
                 continue
             if kind != "records" or not isinstance(msg.get("records"), list):
                 self.counters["bad_message"] += 1
-                await self._send(
-                    writer, {"type": "error", "code": "bad_message", "message": "unknown message"}
-                )
+                await replies.put({"type": "error", "code": "bad_message", "message": "unknown message"})
                 continue
             batch_id = msg.get("batch")
             raw = msg["records"]
             if len(raw) > self.cfg.max_records_per_frame:
                 self.counters["too_many_records"] += 1
-                await self._send(
-                    writer,
-                    {"type": "error", "code": "too_many_records", "batch": batch_id, "message": "split it"},
+                await replies.put(
+                    {"type": "error", "code": "too_many_records", "batch": batch_id, "message": "split it"}
                 )
                 continue
             good: list[dict[str, Any]] = []
@@ -248,21 +278,13 @@ class LogServer:
                 self.counters["records_truncated"] += cut
             self.counters["records_received"] += len(raw)
             self.counters["records_rejected"] += rejected
-            outcome = "stored"
+            fut: asyncio.Future[str] = loop.create_future()
             if good:
-                fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-                await self.queue.put((good, fut))  # waits when the writer is behind: backpressure
-                try:
-                    outcome = await fut
-                except Exception:
-                    await self._send(writer, {"type": "error", "code": "unavailable", "batch": batch_id,
-                                              "message": "cannot store now, retry"})  # fmt: skip
-                    continue
-            await self._send(
-                writer,
-                {"type": "ack", "batch": batch_id, "accepted": len(good), "rejected": rejected,
-                 "spooled": outcome == "spooled"},
-            )  # fmt: skip
+                # the CSV for COPY is built here, on the loop, while the DB thread runs the previous batch
+                await self.queue.put((good, store.to_csv(good), fut))  # waits when the writer is behind
+            else:
+                fut.set_result("stored")
+            await replies.put((batch_id, fut, len(good), rejected))  # waits when too many are pending
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._prober())]

@@ -233,6 +233,30 @@ def test_duplicate_rids_are_stored_once(
     assert rows == distinct == 50
 
 
+def test_pipelined_frames_are_answered_in_order(
+    log_db: str, make_server: Callable[..., LogServerProc], probe: Callable[..., Probe]
+) -> None:
+    """A client may send several frames before reading a reply (the handler keeps up to its
+    ``window`` batches unacknowledged): one reply per frame, in request order, each ack after its
+    records are committed; a batch repeated while the first copy may still be uncommitted (possibly
+    in the same transaction) is stored once."""
+    server = make_server(log_db)
+    p = probe(server)
+    batches = [[_record(100 * b + i) for i in range(100)] for b in range(5)]
+    frames = [framing.encode({"type": "records", "batch": b, "records": rs}) for b, rs in enumerate(batches)]
+    p.send(b"".join([*frames[:3], struct.pack(">I", 5) + b"{nope", frames[3], frames[1], frames[4]]))
+    p.send(framing.encode({"type": "stats"}))
+    replies = [p.read() for _ in range(8)]
+    p.close()
+    assert [(r["type"], r.get("batch")) for r in replies] == [
+        ("ack", 0), ("ack", 1), ("ack", 2), ("error", None),
+        ("ack", 3), ("ack", 1), ("ack", 4), ("stats", None),
+    ]  # fmt: skip
+    assert all(r["accepted"] == 100 for r in replies if r["type"] == "ack")
+    rows, distinct, _ = db_counts(log_db)  # every ack came after COMMIT: no waiting needed
+    assert rows == distinct == 500
+
+
 def test_frame_encoding_is_shared() -> None:
     assert framing.encode({"a": 1})[:4] == struct.pack(">I", 7)
 
