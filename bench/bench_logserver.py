@@ -35,18 +35,13 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from bench._common import pressure  # noqa: E402
+from bench._common import pct, pressure, replace_section  # noqa: E402
 from sagews.db import make_engine, migrate  # noqa: E402
 from sagews.db.models import LogRecord  # noqa: E402
 from sagews.devpki import DevCA  # noqa: E402
 from sagews.logserver.client import LogServerHandler  # noqa: E402
 from sagews.logserver.config import ClientConfig  # noqa: E402
 from tests.fixtures.postgres import PostgresCluster  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def client_cfg(base: Path, pki: DevCA, port: int, name: str) -> ClientConfig:
@@ -234,9 +229,11 @@ def write_doc(res: dict[str, Any]) -> None:
         f"CPU pressure before: `{res['pressure_before']}`; after: `{res['pressure_after']}`;",
         f"load average before/after: {res['load_before'][0]:.2f} / {res['load_after'][0]:.2f}.",
         "One `sagews-logserver` process, PostgreSQL 15 private cluster with durable defaults (fsync on,",
-        "synchronous_commit on), all on 127.0.0.1, TLS 1.3 with client certificates. Inserts are",
-        "COPY (CSV) into a temporary staging table + one `INSERT ... SELECT ... ON CONFLICT (rid) DO",
-        "NOTHING` per coalesced batch (one transaction); acknowledgements after COMMIT.",
+        "synchronous_commit on), all on 127.0.0.1, TLS 1.3 with client certificates. Each coalesced",
+        "batch is one transaction: COPY (CSV, built on the server's event loop while the DB thread",
+        "runs the previous batch) straight into `log_records`; a batch holding an already stored rid",
+        "falls back to a staging table + `INSERT ... SELECT ... ON CONFLICT (rid) DO NOTHING`.",
+        "Acknowledgements after COMMIT; clients keep up to 4 full batches unacknowledged (`window`).",
         "",
         "| measurement | n | result | target |",
         "| --- | --- | --- | --- |",
@@ -263,6 +260,12 @@ def write_doc(res: dict[str, Any]) -> None:
         f"**Status (this run):** throughput target {'met' if rate_ok else 'NOT met'}; handler latency target "
         f"{'met' if lat_ok else 'NOT met'} (p99 added {add99:.1f} us).",
         "",
+        "History: 18,088 records/s on 2026-11-28 11:24 UTC with stop-and-wait clients, inserts through",
+        "the staging table and a btree index on `level` (server 19.3, PostgreSQL 28.6, producers 37.9 us",
+        "of CPU per record; 24 % of the CPU idle). Direct COPY cut PostgreSQL to about 20 us per record,",
+        "the partial index on warnings and errors (migration 0002) about 1.5 us more, client pipelining",
+        "filled the idle time, and encoding each batch once (not twice) cut the producers' sender thread.",
+        "",
     ]
     if not rate_ok:
         lines += [
@@ -275,16 +278,7 @@ def write_doc(res: dict[str, Any]) -> None:
             "(not measured: this machine has no spare cores for the clients).",
             "",
         ]
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    section = "\n".join(lines).rstrip("\n") + "\n\n"
-    start = text.find("## Log server")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section("Log server", "\n".join(lines))
 
 
 if __name__ == "__main__":
