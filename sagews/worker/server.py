@@ -245,6 +245,14 @@ class Session:
         self.reader_task: asyncio.Task[None] | None = None
         self.executions = 0
         self.waiting = 0
+        # a restore whose files are being checked out in the background (Worker.restore): ls/read
+        # are answered from the staged commit, everything else waits for `checkout`
+        self.staged: dict[str, Any] | None = None
+        self.checkout: asyncio.Task[None] | None = None
+        self.restore_error: str | None = None
+        self.staged_readers = 0  # ls/read in flight against the staging repository
+        self.no_staged_readers = asyncio.Event()
+        self.no_staged_readers.set()
 
     @property
     def limits(self) -> Any:
@@ -496,6 +504,8 @@ class Session:
             self.lock.release()
 
     async def _execute(self, conn: Connection, req_id: Any, code: str, engine: str) -> dict[str, Any]:
+        if self.restore_error is not None:
+            raise ProtocolError("restore_failed", self.restore_error)
         if not self.alive or self.proc is None:
             raise ProtocolError(
                 "session_dead", f"the session's engine is not running ({self.death}); restart it"
@@ -620,9 +630,19 @@ class Session:
             max_bytes=int(self.worker.config.max_frame * 0.7),
         )
 
+    async def settled(self) -> None:
+        """Wait for a background checkout; refuse to work on a workspace whose restore failed."""
+        if self.checkout is not None and not self.checkout.done():
+            await asyncio.shield(self.checkout)
+        if self.restore_error is not None:
+            raise ProtocolError("restore_failed", self.restore_error)
+
     async def close(self) -> None:
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+        if self.checkout is not None and not self.checkout.done():
+            with contextlib.suppress(Exception):  # its helper runs as our uid: let it finish first
+                await asyncio.wait_for(asyncio.shield(self.checkout), 120)
         ex = self.current
         self.kill("session closed")
         if ex is not None and not ex.done.done():
@@ -849,6 +869,7 @@ class Worker:
 
     async def save(self, session: Session, message: object) -> dict[str, Any]:
         async with session.git_lock:
+            await session.settled()  # a failed restore's checkout must not be saved over the workspace
             return await self._save(session, message)
 
     async def _save(self, session: Session, message: object) -> dict[str, Any]:
@@ -880,26 +901,71 @@ class Worker:
         return reply
 
     async def restore(self, session: Session, bundles: object) -> dict[str, Any]:
-        async with session.git_lock:
-            return await self._restore(session, bundles)
+        """Restore the workspace from bundles. The reply comes once the objects are indexed in a
+        staging repository; its files are then checked out in the background (on a cold worker
+        that is most of a restore: creating every file). Meanwhile ``ls`` and ``read`` are answered
+        from the staged commit and executions, writes, saves and history wait (session.lock and
+        git_lock stay held until the checkout is swapped in and the engine is started)."""
+        await session.settled()
+        await session.git_lock.acquire()
+        try:
+            await session.lock.acquire()
+        except BaseException:
+            session.git_lock.release()
+            raise
+        try:
+            res = await self._restore_objects(session, bundles)
+        except BaseException:
+            session.lock.release()
+            session.git_lock.release()
+            raise
+        session.staged = {"commit": res["commit"], "time": res.get("time", 0)}
+        task = asyncio.get_running_loop().create_task(self._finish_restore(session, res["commit"]))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        session.checkout = task
+        return {"commit": res["commit"], "checkout": "background"}
 
-    async def _restore(self, session: Session, bundles: object) -> dict[str, Any]:
+    async def _restore_objects(self, session: Session, bundles: object) -> dict[str, Any]:
         bdir = self._bundle_dir(session.workspace)
         if bundles is None:
             files = sorted(bdir.glob("*.bundle"))
             if not files:
                 raise ProtocolError("not_found", "no saved bundles for this workspace on this worker")
             bundles = [base64.b64encode(f.read_bytes()).decode() for f in files]
-        async with session.lock:
-            await session.stop_engine("restoring")
-            try:
-                res = await session.op("restore", {"bundles": bundles})
-                if not isinstance(res.get("commit"), str) or not COMMIT_ID.match(res["commit"]):
-                    raise ProtocolError("git", "restore produced no valid commit id")
-            finally:
-                await session.start_engine()
-        (bdir / "saved").write_text(res["commit"])
+        await session.stop_engine("restoring")
+        try:
+            res = await session.op("restore", {"bundles": bundles, "phase": "objects"})
+            if not isinstance(res.get("commit"), str) or not COMMIT_ID.match(res["commit"]):
+                raise ProtocolError("git", "restore produced no valid commit id")
+        except BaseException:
+            await session.start_engine()
+            raise
         return res
+
+    async def _finish_restore(self, session: Session, commit: str) -> None:
+        """Background half of a restore; releases the locks taken by ``restore``."""
+        try:
+            res = await session.op("restore", {"phase": "checkout"})
+            if res.get("commit") != commit:
+                raise ProtocolError("git", "the checked out commit is not the restored one")
+            session.staged = None  # new ls/read wait for the swap; those in flight finish first
+            await session.no_staged_readers.wait()
+            await session.op("restore", {"phase": "swap"})
+            (self._bundle_dir(session.workspace) / "saved").write_text(commit)
+        except Exception as exc:
+            # the workspace keeps its old files (the swap happens last); saving them now could store
+            # an empty or stale tree as the workspace's newest version, so the session refuses work
+            session.restore_error = f"the restored files could not be checked out: {exc}"
+            log.error("restore of %s failed in its checkout: %s", session.workspace, exc)
+        finally:
+            session.staged = None
+            try:
+                if not session.closed:
+                    await session.start_engine()
+            finally:
+                session.lock.release()
+                session.git_lock.release()
 
     # status and shutdown -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -1155,6 +1221,7 @@ class Connection:
 
     async def do_restart(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
         session = self.worker.session(msg.get("session"))
+        await session.settled()  # a restore's checkout starts the engine itself when it is done
         await session.restart()
         return {"type": "ok", "session": session.id}
 
@@ -1168,8 +1235,21 @@ class Connection:
         kind = str(msg["type"])
         if kind == "write" and session.over_quota:
             raise ProtocolError("quota", "disk quota exceeded: delete files first")
-        args = {k: v for k, v in msg.items() if k not in {"type", "id", "session"}}
-        res = await session.op(kind, args)
+        args = {k: v for k, v in msg.items() if k not in {"type", "id", "session"} and not k.startswith("_")}
+        staged = session.staged
+        if staged is not None and kind in {"ls", "read"}:
+            args["_staged"] = staged  # files still being checked out: answer from the staged commit
+            session.staged_readers += 1
+            session.no_staged_readers.clear()
+            try:
+                res = await session.op(kind, args)
+            finally:
+                session.staged_readers -= 1
+                if not session.staged_readers:
+                    session.no_staged_readers.set()
+        else:
+            await session.settled()
+            res = await session.op(kind, args)
         if kind in {"write", "rename", "delete"}:
             session.last = session.last or Execution(
                 self, req_id, session.id, asyncio.get_running_loop().create_future()

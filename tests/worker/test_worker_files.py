@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from worker_helpers import WorkerProc
@@ -140,3 +142,82 @@ def test_git_hooks_and_filters_do_not_run_as_root(client: WorkerClient, session:
     if "filter-uid" in names:  # filters do run, but only as the workspace's own user
         uid = client.request("read", session=session, path="filter-uid")["text"].strip()
         assert uid != "0"
+
+
+def _bundle_of(files: dict[str, bytes], tmp_path: Path) -> str:
+    """A base bundle of a repository holding ``files`` (made here, with git, as the test's user)."""
+    repo = tmp_path / "src"
+    repo.mkdir()
+    for name, data in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(data)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x"}  # fmt: skip
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "base"],
+                 ["bundle", "create", "-q", str(tmp_path / "b.bundle"), "HEAD"]):  # fmt: skip
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+    return base64.b64encode((tmp_path / "b.bundle").read_bytes()).decode()
+
+
+def test_restore_answers_before_its_files_are_checked_out(
+    client: WorkerClient, session: str, tmp_path: Path
+) -> None:
+    """The restore reply comes once the objects are indexed; the files are checked out in the
+    background. Whatever arrives meanwhile sees the restored workspace: ls/read from the staged
+    commit, writes/executions/saves after the checkout, so a write right after the reply is kept."""
+    files = {f"pkg{i % 10}/mod{i}.py": f"VALUE = {i}\n".encode() * 50 for i in range(400)}
+    files["README.md"] = b"restored\n"
+    bundle = _bundle_of(files, tmp_path)
+    client.request("write", session=session, path="old.txt", text="replaced by the restore")
+    restored = client.request("restore", session=session, bundles=[bundle])
+    assert restored["checkout"] == "background"
+    root = client.request("ls", session=session)["entries"]
+    sub = client.request("ls", session=session, path="pkg3")["entries"]
+    assert client.request("read", session=session, path="pkg3/mod13.py")["text"] == "VALUE = 13\n" * 50
+    # a client cannot point reads at a commit of its choosing through the worker's internal key
+    fake = {"commit": "0" * 40, "time": 0}
+    assert client.request("read", session=session, path="README.md", _staged=fake)["text"] == "restored\n"
+    client.request("write", session=session, path="new.txt", text="written right after the restore")
+    counted = client.execute(session, "open('pkg7/mod17.py').read().count('VALUE')")
+    assert counted["result"]["text/plain"] == "50"
+    # once checked out, the file system gives the same listing as the staged commit did
+    now = [(e["name"], e["type"]) for e in client.request("ls", session=session)["entries"]]
+    assert now == sorted([(e["name"], e["type"]) for e in root] + [("new.txt", "file")])
+    assert [
+        (e["name"], e["size"]) for e in client.request("ls", session=session, path="pkg3")["entries"]
+    ] == [(e["name"], e["size"]) for e in sub]
+    assert {e["name"] for e in root} == {".git", "README.md", *(f"pkg{i}" for i in range(10))}
+    saved = client.request("save", session=session, message="after restore")
+    assert saved["base"] is False  # the restored commit is its parent: an incremental bundle
+    hist = client.request("history", session=session)["commits"]
+    assert [c["message"] for c in hist] == ["after restore", "base"]
+    assert (
+        client.request("read", session=session, path="new.txt")["text"] == "written right after the restore"
+    )
+
+
+def test_restore_whose_checkout_fails_refuses_work_and_keeps_the_files(
+    worker: WorkerProc, tmp_path: Path
+) -> None:
+    """A bundle whose files cannot be written (a file over the 20 MB file size limit: the pack
+    itself is small) fails in the background checkout: the session then refuses saves, writes and
+    executions instead of saving a wrong tree, and the workspace's files are untouched."""
+    bundle = _bundle_of({"huge.bin": b"\0" * (25 << 20)}, tmp_path)
+    workspace = f"wsfail{os.getpid()}"
+    with worker.client() as c:
+        sid = c.request("open", workspace=workspace)["session"]
+        c.request("write", session=sid, path="keep.txt", text="precious")
+        c.request("save", session=sid, message="keep")
+        assert c.request("restore", session=sid, bundles=[bundle])["checkout"] == "background"
+        for kind, args in (("save", {}), ("write", {"path": "x", "text": "x"}), ("ls", {})):
+            with pytest.raises(WorkerError) as ei:
+                c.request(kind, session=sid, **args)
+            assert ei.value.code == "restore_failed", kind
+        with pytest.raises(WorkerError) as ei:
+            c.execute(sid, "1 + 1")
+        assert ei.value.code == "restore_failed"
+        c.call("close", session=sid)
+        sid = c.request("open", workspace=workspace)["session"]
+        assert c.request("read", session=sid, path="keep.txt")["text"] == "precious"
+        assert [e["name"] for e in c.request("ls", session=sid)["entries"]] == [".git", "keep.txt"]
+        c.call("close", session=sid)
