@@ -122,8 +122,9 @@ def _read(root: str, a: dict[str, Any], tmp: str, max_bytes: int) -> dict[str, A
     commit = a.get("commit")
     staged = a.get("_staged")
     repo = "."
-    if commit is None and isinstance(staged, dict) and os.path.isdir(os.path.join(STAGING, ".git")):
-        commit, repo = staged["commit"], STAGING  # its files are being checked out: read the commit
+    if isinstance(staged, dict) and os.path.isdir(os.path.join(STAGING, ".git")):
+        repo = STAGING  # a restore's files are being checked out: its repository has every commit
+        commit = staged["commit"] if commit is None else commit
     if commit is not None:
         if not isinstance(commit, str) or not COMMIT_RE.match(commit):
             raise OpError("bad_field", "commit must be a commit id")

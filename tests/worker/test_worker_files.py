@@ -174,6 +174,8 @@ def test_restore_answers_before_its_files_are_checked_out(
     root = client.request("ls", session=session)["entries"]
     sub = client.request("ls", session=session, path="pkg3")["entries"]
     assert client.request("read", session=session, path="pkg3/mod13.py")["text"] == "VALUE = 13\n" * 50
+    at = client.request("read", session=session, path="README.md", commit=restored["commit"])
+    assert at["text"] == "restored\n"
     # a client cannot point reads at a commit of its choosing through the worker's internal key
     fake = {"commit": "0" * 40, "time": 0}
     assert client.request("read", session=session, path="README.md", _staged=fake)["text"] == "restored\n"
