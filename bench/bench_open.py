@@ -443,7 +443,8 @@ DB read of the chain {b["db_chain"]:.1f} ms, base64 {b["b64"]:.1f} ms, worker `o
 `history` {b["history"]:.1f} ms, `restore` until its reply {b["restore"]:.1f} ms, `ls` (during the checkout)
 {b["ls"]:.1f} ms, restore reply until the checkout is swapped in {b["checkout"]:.1f} ms. The restore reply
 waits for the base bundle's pack (git `index-pack`, 75-90 ms here) and about 12 ms per incremental
-bundle (a chain near `repack_after`, 50, costs some 0.5 s more). The checkout is creating
+bundle (a chain is repacked into one base bundle beyond `repack_after`, 12: at most ~150 ms more).
+The checkout is creating
 {r["files"]:,} files: on this machine creating 1,000 empty files takes {c[0]:.0f} ms (before the cold
 runs) / {c[1]:.0f} ms (after) by itself (ext4 without a journal here: it skips recently freed inodes, so
 the cost follows the deletions of other work on the machine).

@@ -369,7 +369,7 @@ class Workspaces:
         self.save_locks: dict[str, asyncio.Lock] = {}
         self.on_closed: Callable[[str, str], None] | None = None
         self.presence: dict[str, set[Any]] = {}  # workspace id -> live connections of this backend
-        self.repack_after = 50  # bundles in a chain before it is replaced by one base bundle
+        self.repack_after = 12  # bundles in a chain before it is replaced by one base bundle
         pool.on_down = self._worker_down
         pool.on_unsolicited = self._unsolicited
 
