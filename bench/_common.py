@@ -6,6 +6,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +52,29 @@ def start_memcached(port: int) -> subprocess.Popen[bytes]:
                 proc.kill()
                 raise RuntimeError("memcached did not start") from None
             time.sleep(0.02)
+
+
+def start_backend(config: Path) -> subprocess.Popen[bytes]:
+    """One `sagews-backend` process with the JSON config file ``config``, returned once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from sagews.backend.app import main; sys.exit(main())",
+         "--config", str(config), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if "listening" not in line:
+        proc.kill()
+        raise RuntimeError(f"sagews-backend did not start: {line!r}")
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, wait, and close its stdout pipe if it has one."""
+    proc.terminate()
+    proc.wait(timeout)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def replace_section(title: str, section: str, doc: Path = BENCHMARKS_MD) -> None:

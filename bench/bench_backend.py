@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import tornado.httpclient  # noqa: E402
 import tornado.websocket  # noqa: E402
 
-from bench._common import free_port, pct, pressure  # noqa: E402
+from bench._common import free_port, pct, pressure, start_backend, start_memcached, stop_process  # noqa: E402
 from tests.backend.helpers import HttpUser  # noqa: E402
 from tests.fixtures.postgres import PostgresCluster  # noqa: E402
 
@@ -261,10 +261,7 @@ def main() -> int:
     pg = PostgresCluster.launch(settings={})
     tmp = Path(tempfile.mkdtemp(prefix="sagews-bench-backend-"))
     mc_port = free_port()
-    mc = subprocess.Popen(
-        [shutil.which("memcached") or "/usr/bin/memcached", "-p", str(mc_port), "-l", "127.0.0.1", "-U", "0",
-         "-u", "memcache"],
-    )  # fmt: skip
+    mc = start_memcached(mc_port)
     port = free_port()
     cfg = {
         "host": "127.0.0.1",
@@ -278,20 +275,12 @@ def main() -> int:
     from sagews.db import migrate
 
     migrate.upgrade(pg.url)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from sagews.backend.app import main; sys.exit(main())",
-         "--config", str(tmp / "backend.json"), "--log-level", "WARNING"],
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
+    proc = start_backend(tmp / "backend.json")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "listening" in line, line
         r = asyncio.run(run(args, f"http://127.0.0.1:{port}", proc.pid))
         r.update(asyncio.run(baseline(args)))
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc)
         mc.terminate()
         mc.wait(10)
         pg.destroy()

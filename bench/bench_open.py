@@ -56,7 +56,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import free_port, pct, pressure, replace_section, start_memcached  # noqa: E402
+from bench._common import (  # noqa: E402
+    free_port,
+    pct,
+    pressure,
+    replace_section,
+    start_backend,
+    start_memcached,
+    stop_process,
+)
 from sagews.backend.workers import register_worker  # noqa: E402
 from sagews.backend.workspaces import db_chain  # noqa: E402
 from sagews.db import Database, migrate  # noqa: E402
@@ -130,26 +138,14 @@ class Bench:
         self.backend: subprocess.Popen[bytes] | None = None
 
     def start_backend(self, cfg: dict[str, Any]) -> None:
-        """`sagews-backend` as a subprocess (like bench_backend.py), returned once it listens."""
         (self.tmp / "backend.json").write_text(json.dumps(cfg))
-        self.backend = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from sagews.backend.app import main; sys.exit(main())",
-             "--config", str(self.tmp / "backend.json"), "--log-level", "WARNING"],
-            stdout=subprocess.PIPE,
-        )  # fmt: skip
-        assert self.backend.stdout is not None
-        line = self.backend.stdout.readline().decode()
-        assert "listening" in line, line
+        self.backend = start_backend(self.tmp / "backend.json")
 
     def stop_backend(self) -> None:
         if self.backend is not None:
-            self.backend.terminate()
-            self.backend.wait(30)
-            assert self.backend.stdout is not None
-            self.backend.stdout.close()
+            stop_process(self.backend)
             self.backend = None
 
-    # helpers -------------------------------------------------------------------------------------
     def q(self, fn: Any, *a: Any) -> Any:
         return self.db.transaction(fn, *a)
 
