@@ -27,8 +27,7 @@ class FrameError(Exception):
 
 def encode(message: dict[str, Any]) -> bytes:
     """One frame (header and body together, so it goes out in one write: no Nagle stall)."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-    return HEADER.pack(len(body)) + body
+    return frame_bytes(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def frame_bytes(body: bytes) -> bytes:
