@@ -16,6 +16,7 @@ from worker_helpers import WorkerProc
 
 from sagews.devpki import DevCA
 from sagews.worker.client import WorkerClient
+from tests.fixtures.users import user_prefix
 
 _names = itertools.count(1)
 
@@ -43,7 +44,7 @@ def make_worker(base_dir: Path, pki: DevCA) -> Iterator[Callable[..., WorkerProc
 
     def make(env: dict[str, str] | None = None, **overrides: Any) -> WorkerProc:
         # workers on one host must not share workspace users (each kills leftovers of the uids it hands out)
-        overrides.setdefault("user_prefix", f"sagews_t{len(started)}_")
+        overrides.setdefault("user_prefix", user_prefix(f"t{len(started)}"))
         w = WorkerProc(base_dir / f"worker{len(started)}", pki, client_pair, overrides, env)
         started.append(w)
         return w
