@@ -1,0 +1,155 @@
+# ruff: noqa: ASYNC109
+"""Steady client load for drills: users who keep saving and executing through the load balancer.
+
+Each user works in a workspace of its own over SockJS (websocket) like the browser client does: when
+the connection closes it reconnects through the load balancer and reopens the workspace. A request the
+server never answered is re-sent only after a close with code 1012 ("service restart": a backend that
+drains closes its connections only after every request in flight was answered, so an unanswered one
+was never processed); after any other disconnect it counts as lost. Every save is acknowledged only
+after COMMIT; ``acked`` keeps the content of each acknowledged save, so a drill can check afterwards
+that every one of them is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.backend.helpers import HttpUser, SockClient
+from tests.system.journey import connect, new_user, new_workspace
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    failed: int = 0  # error replies, and requests lost in a disconnect that was not a clean restart
+    resent: int = 0  # unanswered at a 1012 close, sent again after reconnecting
+    reconnects: int = 0
+    errors: list[str] = field(default_factory=list)
+    acked: dict[str, str] = field(default_factory=dict)  # workspace/path -> text of the last acked save
+    # (time of the failure, time of the next success) per outage, for recovery times
+    outages: list[tuple[float, float | None]] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        self.failed += 1
+        if len(self.errors) < 50:
+            self.errors.append(what)
+        if not self.outages or self.outages[-1][1] is not None:
+            self.outages.append((time.monotonic(), None))
+
+    def ok(self) -> None:
+        if self.outages and self.outages[-1][1] is None:
+            self.outages[-1] = (self.outages[-1][0], time.monotonic())
+
+
+class LoadUser:
+    def __init__(self, base: str, ca: str, counts: Counts, pause: float = 0.2) -> None:
+        self.base, self.ca, self.counts, self.pause = base, ca, counts, pause
+        self.user: HttpUser | None = None
+        self.ws = ""
+        self.c: SockClient | None = None
+        self.n = 0
+
+    async def start(self) -> None:
+        self.user = await new_user(self.base, self.ca, "load")
+        self.ws = await new_workspace(self.user, "load")
+        await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        if self.c is not None:
+            with contextlib.suppress(Exception):
+                await self.c.close()
+        assert self.user is not None
+        for attempt in range(60):
+            try:
+                self.c = await connect(self.user)
+                r = await self.c.request({"type": "open", "workspace": self.ws}, timeout=60)
+                if r.get("type") == "opened":
+                    return
+            except (ConnectionError, OSError, TimeoutError, AssertionError) as exc:
+                if attempt == 59:
+                    raise ConnectionError(f"could not reconnect: {exc}") from exc
+            await asyncio.sleep(0.25)
+
+    async def request(self, msg: dict[str, Any], timeout: float = 60) -> dict[str, Any] | None:
+        """One request; reconnects (and re-sends after a clean restart) as the browser client does."""
+        self.counts.requests += 1
+        for _ in range(5):
+            assert self.c is not None
+            try:
+                frames = await self.c.frames({**msg, "session": self.ws}, timeout=timeout)
+            except ConnectionError as exc:
+                clean = "1012" in str(exc)
+                self.counts.reconnects += 1
+                await self._reconnect()
+                if clean:
+                    self.counts.resent += 1
+                    continue
+                self.counts.fail(f"{msg['type']}: lost in a disconnect ({exc})")
+                return None
+            except TimeoutError:
+                self.counts.fail(f"{msg['type']}: no answer in {timeout} s")
+                await self._reconnect()
+                return None
+            final = frames[-1]
+            if final.get("type") == "error":
+                self.counts.fail(f"{msg['type']}: {final.get('code')}: {final.get('message')}")
+                return None
+            self.counts.ok()
+            return final
+        self.counts.fail(f"{msg['type']}: restarted five times in a row")
+        return None
+
+    async def step(self) -> None:
+        self.n += 1
+        text = f"save {self.n} at {time.time():.3f}\n"
+        path = "load.txt"
+        if await self.request({"type": "write", "path": path, "text": text}) is None:
+            return
+        saved = await self.request({"type": "save", "message": f"load {self.n}"})
+        if saved is not None and saved.get("type") == "saved":
+            self.counts.acked[f"{self.ws}/{path}"] = text
+        if self.n % 3 == 0:
+            await self.request({"type": "exec", "code": f"{self.n} * 2", "engine": "python"})
+
+    async def close(self) -> None:
+        if self.c is not None:
+            await self.c.close()
+
+    async def stored(self, path: str = "load.txt") -> str | None:
+        """The file as of the workspace's newest stored commit (what a reopen anywhere restores)."""
+        history = await self.request({"type": "history", "limit": 1})
+        if not history or not history.get("commits"):
+            return None
+        read = await self.request({"type": "read", "path": path, "commit": history["commits"][0]["commit"]})
+        return None if read is None else read.get("text")
+
+
+async def run_load(
+    base: str, ca: str, users: int, stop: asyncio.Event, counts: Counts, *, check: bool = True
+) -> list[str]:
+    """``users`` users working until ``stop`` is set. With ``check``, each then reads back its newest
+    stored version: returns the workspaces whose stored text is not their last acknowledged save."""
+    people = [LoadUser(base, ca, counts) for _ in range(users)]
+    await asyncio.gather(*(p.start() for p in people))
+
+    async def work(p: LoadUser) -> None:
+        while not stop.is_set():
+            await p.step()
+            await asyncio.sleep(p.pause)
+
+    mismatches = []
+    try:
+        await asyncio.gather(*(work(p) for p in people))
+        if check:
+            for p in people:
+                want = counts.acked.get(f"{p.ws}/load.txt")
+                if want is not None and await p.stored() != want:
+                    mismatches.append(p.ws)
+    finally:
+        for p in people:
+            await p.close()
+    return mismatches
