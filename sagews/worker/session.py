@@ -1,0 +1,501 @@
+"""A session: one open workspace, its engine process, its executions, limits and file operations."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sagews.framing import FrameError, encode, read_frame
+from sagews.worker.protocol import CHUNK, ENGINE_FRAME_MAX, MAX_QUEUED, ProtocolError
+from sagews.worker.users import Account, kill_uid, purge_uid_files
+from sagews.worker.workspace import OpError, run_as
+from sagews.worker.zygote_client import EngineProc
+
+if TYPE_CHECKING:
+    from sagews.worker.connection import Connection
+    from sagews.worker.worker import Worker
+
+log = logging.getLogger("sagews.worker")
+
+
+def describe_status(status: int | None) -> str:
+    if status is None:
+        return "engine process ended"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return "CPU time limit exceeded (SIGXCPU)"
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        return f"engine killed by {name}"
+    return f"engine exited with code {os.WEXITSTATUS(status)}"
+
+
+@dataclass
+class Execution:
+    conn: Connection
+    req_id: Any
+    session: str
+    done: asyncio.Future[dict[str, Any]]
+    started: float = field(default_factory=time.monotonic)
+    output: int = 0
+    flooded: bool = False
+    limit: str | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    held: dict[str, Any] | None = None
+
+
+class Session:
+    def __init__(
+        self, worker: Worker, workspace: str, account: Account, root: Path, tmp: Path, *, engine: str
+    ) -> None:
+        self.worker = worker
+        self.id = uuid.uuid4().hex
+        self.workspace = workspace
+        self.account = account
+        self.root = root
+        self.tmp = tmp
+        self.engine_name = engine
+        self.proc: EngineProc | None = None
+        self.lock = asyncio.Lock()
+        # saves and restores of one workspace run one at a time: two concurrent `git commit`s in one
+        # checkout fail on git's index.lock, and a save must not read a half-restored repository
+        self.git_lock = asyncio.Lock()
+        self.current: Execution | None = None
+        self.last: Execution | None = None
+        self.alive = False
+        self.death: str | None = None
+        self.last_activity = time.monotonic()
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.over_quota = False
+        self.quota_pending = False
+        self.quota_dirty = False
+        self.closed = False
+        self.decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+        self.reader_task: asyncio.Task[None] | None = None
+        self.executions = 0
+        self.waiting = 0
+        # a restore whose files are being checked out in the background (Worker.restore): ls/read
+        # are answered from the staged commit, everything else waits for `checkout`
+        self.staged: dict[str, Any] | None = None
+        self.checkout: asyncio.Task[None] | None = None
+        self.restore_error: str | None = None
+        self.staged_readers = 0  # ls/read in flight against the staging repository
+        self.no_staged_readers = asyncio.Event()
+        self.no_staged_readers.set()
+
+    @property
+    def limits(self) -> Any:
+        return self.worker.config.limits
+
+    def env(self) -> dict[str, str]:
+        tmp = str(self.tmp)
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.root),
+            "USER": self.account.name,
+            "LOGNAME": self.account.name,
+            "LANG": "C.UTF-8",
+            "TMPDIR": tmp,
+            "DOT_SAGE": os.path.join(tmp, ".sage"),
+            "MPLCONFIGDIR": os.path.join(tmp, "matplotlib"),
+            "MPLBACKEND": "Agg",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "SAGEWS_WORKSPACE": self.workspace,
+        }
+
+    async def start_engine(self) -> None:
+        """Assign a (warm) engine to this session; pooled engines that died meanwhile are skipped."""
+        for _ in range(len(self.worker.pool)):
+            try:
+                await self._start_engine()
+            except ProtocolError:
+                log.warning("a warm engine for %s failed to start; trying the next", self.workspace)
+            else:
+                return
+        await self._start_engine()  # pool empty: a fresh fork, whose failure is reported
+
+    async def _start_engine(self) -> None:
+        proc = await self.worker.take_engine()
+        self.proc = proc
+        if self.worker.cgroups is not None:
+            self.worker.cgroups.attach(self.workspace, proc.pid)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(proc.out_fd, self._on_output, proc.out_fd, "stdout")
+        loop.add_reader(proc.err_fd, self._on_output, proc.err_fd, "stderr")
+        proc.writer.write(
+            encode(
+                {
+                    "type": "assign",
+                    "uid": self.account.uid,
+                    "gid": self.account.gid,
+                    "cwd": str(self.root),
+                    "env": self.env(),
+                    "limits": self.worker.config.limits.__dict__,
+                }
+            )
+        )
+        try:
+            msg = await asyncio.wait_for(read_frame(proc.reader, ENGINE_FRAME_MAX), 30)
+        except (TimeoutError, FrameError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            msg = {"message": f"{type(exc).__name__} {exc}"}
+        if not msg or msg.get("type") != "ready":
+            self._stop_engine()
+            raise ProtocolError("engine_failed", f"engine did not start: {msg and msg.get('message')}")
+        self.alive = True
+        self.death = None
+        self.reader_task = asyncio.create_task(self._read_engine(proc))
+
+    def _on_output(self, fd: int, name: str) -> None:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            return
+        self._forward(name, data)
+
+    def _forward(self, name: str, data: bytes) -> None:
+        ex = self.current or self.last
+        if ex is None or ex.flooded:
+            return
+        limit = self.limits.output_bytes
+        ex.output += len(data)
+        if ex.output > limit:
+            keep = max(0, len(data) - (ex.output - limit))
+            text = self.decoders[name].decode(data[:keep])
+            if text:
+                ex.conn.send(
+                    {"type": "stream", "re": ex.req_id, "session": self.id, "name": name, "text": text}
+                )
+            self._flood(ex)
+            return
+        text = self.decoders[name].decode(data)
+        if text:
+            ex.conn.send({"type": "stream", "re": ex.req_id, "session": self.id, "name": name, "text": text})
+
+    def _flood(self, ex: Execution) -> None:
+        ex.flooded = True
+        ex.limit = ex.limit or "output"
+        ex.conn.send(
+            {
+                "type": "stream",
+                "re": ex.req_id,
+                "session": self.id,
+                "name": "stderr",
+                "text": f"\n[sagews: output limit of {self.limits.output_bytes} bytes reached: the rest is "
+                "discarded and the execution interrupted]\n",
+            }
+        )
+        if ex is self.current:
+            self._interrupt_then_kill(ex)
+
+    def _interrupt_then_kill(self, ex: Execution) -> None:
+        self.interrupt()
+        ex.timers.append(
+            asyncio.get_running_loop().call_later(
+                self.limits.interrupt_grace_seconds, self._kill_if_running, ex
+            )
+        )
+
+    def _kill_if_running(self, ex: Execution) -> None:
+        if self.current is ex:
+            self.kill(f"did not stop within {self.limits.interrupt_grace_seconds} s of an interrupt")
+
+    def _drain(self) -> None:
+        if self.proc is None:
+            return
+        for fd, name in ((self.proc.out_fd, "stdout"), (self.proc.err_fd, "stderr")):
+            for _ in range(64):
+                try:
+                    data = os.read(fd, CHUNK)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._forward(name, data)
+
+    async def _read_engine(self, proc: EngineProc) -> None:
+        try:
+            while True:
+                msg = await read_frame(proc.reader, ENGINE_FRAME_MAX)
+                if msg is None:
+                    break
+                ex = self.current
+                kind = msg.get("type")
+                if ex is None or msg.get("id") != ex.req_id:
+                    continue
+                if kind == "done":
+                    self._drain()
+                    if not ex.done.done():
+                        ex.done.set_result(msg)
+                elif kind in {"display", "result", "exception"}:
+                    size = len(json.dumps(msg.get("data", ""))) if kind != "exception" else 0
+                    ex.output += size
+                    if ex.flooded:
+                        continue
+                    if ex.output > self.limits.output_bytes:
+                        self._flood(ex)
+                        continue
+                    out = {k: v for k, v in msg.items() if k in {"data", "ename", "evalue", "traceback"}}
+                    frame = {"type": kind, "re": ex.req_id, "session": self.id, **out}
+                    if kind == "result":
+                        ex.held = frame  # goes out with `done`, in one write
+                    else:
+                        ex.conn.send(frame)
+        except (FrameError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        # the engine is gone (or talked garbage): make sure every process of the uid is gone too
+        status: int | None = None
+        if proc is self.proc:
+            self.alive = False
+            kill_uid(self.account.uid)
+            with contextlib.suppress(TimeoutError):
+                status = await asyncio.wait_for(asyncio.shield(proc.exited), 2)
+            self.death = self.death or describe_status(status)
+            cg = self.worker.cgroups
+            if cg is not None and cg.memory_events(self.workspace).get("oom_kill"):
+                self.death += " (out of memory: cgroup memory.max reached)"
+            ex = self.current
+            if ex is not None and not ex.done.done():
+                self._drain()
+                ex.done.set_result({"type": "done", "status": "died", "message": self.death})
+
+    def interrupt(self) -> None:
+        if self.proc is not None and self.alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGINT)
+
+    def kill(self, reason: str) -> None:
+        log.info(
+            "session %s (%s): killing every process of %s: %s",
+            self.id,
+            self.workspace,
+            self.account.name,
+            reason,
+        )
+        self.death = reason
+        if self.worker.cgroups is not None:
+            self.worker.cgroups.kill(self.workspace)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        kill_uid(self.account.uid)
+
+    def _stop_engine(self) -> None:
+        ex = self.current
+        if ex is not None and not ex.done.done():
+            ex.done.set_result({"type": "done", "status": "died", "message": self.death or "engine stopped"})
+        proc = self.proc
+        if proc is None:
+            return
+        loop = asyncio.get_running_loop()
+        for fd in (proc.out_fd, proc.err_fd):
+            with contextlib.suppress(Exception):
+                loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        proc.writer.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        kill_uid(self.account.uid)
+        self.proc = None
+        self.alive = False
+
+    async def stop_engine(self, reason: str) -> None:
+        """Kill the engine and everything of the uid, and wait until that is fully noticed."""
+        self.death = reason
+        old = self.reader_task
+        self._stop_engine()
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old, 5)
+
+    async def restart(self) -> None:
+        await self.stop_engine("restarted")
+        await self.start_engine()
+
+    async def execute(self, conn: Connection, req_id: Any, code: str, engine: str) -> dict[str, Any]:
+        if self.waiting >= MAX_QUEUED:
+            raise ProtocolError("busy", f"{MAX_QUEUED} executions are already queued for this session")
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            return await self._execute(conn, req_id, code, engine)
+        finally:
+            self.lock.release()
+
+    async def _execute(self, conn: Connection, req_id: Any, code: str, engine: str) -> dict[str, Any]:
+        if self.restore_error is not None:
+            raise ProtocolError("restore_failed", self.restore_error)
+        if not self.alive or self.proc is None:
+            raise ProtocolError(
+                "session_dead", f"the session's engine is not running ({self.death}); restart it"
+            )
+        loop = asyncio.get_running_loop()
+        ex = Execution(conn, req_id, self.id, loop.create_future())
+        self.current = self.last = ex
+        self.executions += 1
+        for d in self.decoders.values():
+            d.reset()
+        self.proc.writer.write(encode({"type": "exec", "id": req_id, "code": code, "engine": engine}))
+        ex.timers.append(loop.call_later(self.limits.walltime_seconds, self._walltime, ex))
+        try:
+            result = await ex.done
+        finally:
+            for t in ex.timers:
+                t.cancel()
+            self.current = None
+            self.touch()
+        status = result.get("status", "ok")
+        reply: dict[str, Any] = {
+            "type": "done",
+            "re": req_id,
+            "session": self.id,
+            "status": status,
+            "elapsed": round(time.monotonic() - ex.started, 6),
+        }
+        if ex.limit:
+            reply["limit"] = ex.limit
+            reply["status"] = "limit"
+            reply["message"] = {
+                "output": f"output limit of {self.limits.output_bytes} bytes exceeded",
+                "walltime": f"wall-clock limit of {self.limits.walltime_seconds} s exceeded",
+            }[ex.limit]
+        if status == "died":
+            reply["message"] = reply.get("message") or result.get("message")
+            reply["engine"] = result.get("message")
+        self.schedule_quota_check()
+        if ex.held is not None:
+            reply["_before"] = ex.held
+        return reply
+
+    def _walltime(self, ex: Execution) -> None:
+        if self.current is ex:
+            ex.limit = "walltime"
+            ex.conn.send(
+                {
+                    "type": "stream",
+                    "re": ex.req_id,
+                    "session": self.id,
+                    "name": "stderr",
+                    "text": f"\n[sagews: wall-clock limit of {self.limits.walltime_seconds} s reached: "
+                    "interrupting]\n",
+                }
+            )
+            self._interrupt_then_kill(ex)
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+        if self.idle_handle is None:
+            self._arm_idle(self.limits.idle_timeout_seconds)
+
+    def _arm_idle(self, delay: float) -> None:
+        self.idle_handle = asyncio.get_running_loop().call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_handle = None
+        idle = time.monotonic() - self.last_activity
+        if self.current is not None or idle < self.limits.idle_timeout_seconds:
+            self._arm_idle(max(0.05, self.limits.idle_timeout_seconds - idle))
+            return
+        log.info("closing idle session %s (%s)", self.id, self.workspace)
+        self.worker.forget(self)  # at once, so no request reaches a session that is being closed
+        self.worker.spawn_task(self.worker.close_session(self, "idle timeout"))
+
+    def schedule_quota_check(self, now: bool = False) -> None:
+        """Measure the checkout (in a fork, as the workspace uid) soon; at most one measurement at a time
+        per session, and one more afterwards if anything changed meanwhile."""
+        if self.quota_pending:
+            self.quota_dirty = True
+            return
+        self.quota_pending = True
+        self.quota_dirty = False
+        delay = 0.0 if now else 1.0
+        asyncio.get_running_loop().call_later(delay, lambda: self.worker.spawn_task(self._quota_check()))
+
+    async def _quota_check(self) -> None:
+        try:
+            if self.id not in self.worker.sessions:
+                return
+            try:
+                used = (await self.op("du", {}))["bytes"]
+            except OpError:
+                return
+        finally:
+            self.quota_pending = False
+            if self.quota_dirty and self.id in self.worker.sessions:
+                self.schedule_quota_check(now=True)
+        quota = self.limits.disk_quota_mb << 20
+        was = self.over_quota
+        self.over_quota = used > quota
+        if self.over_quota and not was and self.last is not None:
+            self.last.conn.send(
+                {
+                    "type": "quota",
+                    "session": self.id,
+                    "used": used,
+                    "quota": quota,
+                    "message": f"disk quota exceeded: {used} bytes used of {quota}; writes and saves are "
+                    "refused until files are deleted",
+                }
+            )
+
+    async def op(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        return await run_as(
+            self.account,
+            self.root,
+            self.tmp,
+            op,
+            args,
+            fsize=self.limits.file_size_mb << 20,
+            max_bytes=int(self.worker.config.max_frame * 0.7),
+        )
+
+    async def settled(self) -> None:
+        """Wait for a background checkout; refuse to work on a workspace whose restore failed."""
+        if self.checkout is not None and not self.checkout.done():
+            await asyncio.shield(self.checkout)
+        if self.restore_error is not None:
+            raise ProtocolError("restore_failed", self.restore_error)
+
+    async def close(self) -> None:
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        if self.checkout is not None and not self.checkout.done():
+            with contextlib.suppress(Exception):  # its helper runs as our uid: let it finish first
+                await asyncio.wait_for(asyncio.shield(self.checkout), 120)
+        ex = self.current
+        self.kill("session closed")
+        if ex is not None and not ex.done.done():
+            ex.done.set_result({"type": "done", "status": "died", "message": "session closed"})
+        task = self.reader_task
+        self._stop_engine()
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        purge_uid_files(self.account.uid)
+        if self.worker.cgroups is not None:
+            self.worker.cgroups.remove(self.workspace)
