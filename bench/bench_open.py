@@ -174,7 +174,10 @@ class Bench:
 
     def new_worker(self, prefix: str) -> WorkerProc:
         """A worker process in fresh directories (it has never seen any workspace)."""
-        w = WorkerProc(self.tmp / f"worker{len(self.workers)}", self.pki, prefix)
+        uid_base = 2_801_000 if prefix == "sagews_bd_" else 2_800_000  # one uid range per prefix
+        w = WorkerProc(
+            self.tmp / f"worker{len(self.workers)}", self.pki, {"user_prefix": prefix, "uid_base": uid_base}
+        )
         self.workers.append(w)
         return w
 

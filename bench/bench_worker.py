@@ -60,6 +60,7 @@ def start_worker(base: Path, engines: list[str]) -> tuple[subprocess.Popen[bytes
         "engines": engines,
         "warm_pool": 2,
         "user_prefix": "sagews_bench_",
+        "uid_base": 2_900_000,
     }
     (base / "worker.json").write_text(json.dumps(cfg))
     proc = subprocess.Popen(

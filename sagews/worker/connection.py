@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sagews import __version__
 from sagews.framing import HEADER, FrameError, decode_body, encode
 from sagews.tls import peer_common_name
-from sagews.worker.protocol import FRAME_BODY_TIMEOUT, PROTOCOL_VERSIONS, ProtocolError
+from sagews.worker.protocol import FRAME_BODY_TIMEOUT, MAX_IN_FLIGHT, PROTOCOL_VERSIONS, ProtocolError
 from sagews.worker.session import Execution
 from sagews.worker.workspace import OpError
 
@@ -124,6 +124,9 @@ class Connection:
         if self.worker.stopping and kind not in {"hello", "status"}:
             self.error(req_id, "shutting_down", "the worker is shutting down")
             return
+        if len(self.tasks) >= MAX_IN_FLIGHT and kind not in {"hello", "status"}:
+            self.error(req_id, "busy", f"{MAX_IN_FLIGHT} requests of this connection are in progress")
+            return
         task = asyncio.get_running_loop().create_task(self._handle(handler, req_id, msg))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -196,6 +199,7 @@ class Connection:
     async def do_kill(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
         session = self.worker.session(msg.get("session"))
         session.kill("killed on request")
+        await session.kill_all()
         return {"type": "ok", "session": session.id}
 
     async def do_restart(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:

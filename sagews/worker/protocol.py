@@ -7,9 +7,10 @@ import re
 PROTOCOL_VERSIONS = (1,)
 CHUNK = 65536
 FRAME_BODY_TIMEOUT = 60.0  # a started frame must be complete within this (slow or stuck peers)
-ENGINE_FRAME_MAX = 64 * 1024 * 1024
 COMMIT_ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 MAX_QUEUED = 100  # executions waiting for a busy session
+MAX_QUEUED_OPS = 100  # file/git operations of one session waiting for a helper slot
+MAX_IN_FLIGHT = 2000  # requests of one connection being handled at once; more get `busy`
 
 
 class ProtocolError(Exception):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -16,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sagews.framing import FrameError, encode, read_frame
-from sagews.worker.protocol import CHUNK, ENGINE_FRAME_MAX, MAX_QUEUED, ProtocolError
+from sagews.framing import HEADER, FrameError, decode_body, encode, read_frame
+from sagews.worker.limiter import QueueFull
+from sagews.worker.protocol import CHUNK, MAX_QUEUED, ProtocolError
 from sagews.worker.users import Account, kill_uid, purge_uid_files
 from sagews.worker.workspace import OpError, run_as
 from sagews.worker.zygote_client import EngineProc
@@ -86,6 +86,10 @@ class Session:
             "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
         }
         self.reader_task: asyncio.Task[None] | None = None
+        self.killing: asyncio.Task[int] | None = None
+        self.running = asyncio.Event()  # an execution is in progress (the control socket is read then)
+        self.paused = False  # the engine's pipes are not read (output budget spent, nothing running)
+        self.eof: set[int] = set()  # pipe ends that reached EOF
         self.executions = 0
         self.waiting = 0
         # a restore whose files are being checked out in the background (Worker.restore): ls/read
@@ -130,8 +134,12 @@ class Session:
         await self._start_engine()  # pool empty: a fresh fork, whose failure is reported
 
     async def _start_engine(self) -> None:
+        if self.killing is not None:
+            await self.killing  # the previous engine's processes are gone before the next one starts
         proc = await self.worker.take_engine()
         self.proc = proc
+        self.paused = False
+        self.eof = set()
         if self.worker.cgroups is not None:
             self.worker.cgroups.attach(self.workspace, proc.pid)
         loop = asyncio.get_running_loop()
@@ -150,7 +158,7 @@ class Session:
             )
         )
         try:
-            msg = await asyncio.wait_for(read_frame(proc.reader, ENGINE_FRAME_MAX), 30)
+            msg = await asyncio.wait_for(read_frame(proc.reader, CHUNK), 30)
         except (TimeoutError, FrameError, asyncio.IncompleteReadError, ConnectionError) as exc:
             msg = {"message": f"{type(exc).__name__} {exc}"}
         if not msg or msg.get("type") != "ready":
@@ -168,14 +176,38 @@ class Session:
         except OSError:
             data = b""
         if not data:
+            self.eof.add(fd)
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(fd)
             return
         self._forward(name, data)
 
+    def _pause_output(self) -> None:
+        """Stop reading the engine's pipes: output produced between executions beyond the last one's
+        budget is not drained (that would cost the worker a core for a background ``yes``); the writer
+        blocks once the pipe (64 KiB) is full, until the next execution starts."""
+        if self.paused or self.proc is None:
+            return
+        self.paused = True
+        loop = asyncio.get_running_loop()
+        for fd in (self.proc.out_fd, self.proc.err_fd):
+            with contextlib.suppress(Exception):
+                loop.remove_reader(fd)
+
+    def _resume_output(self) -> None:
+        if not self.paused or self.proc is None:
+            return
+        self.paused = False
+        loop = asyncio.get_running_loop()
+        for fd, name in ((self.proc.out_fd, "stdout"), (self.proc.err_fd, "stderr")):
+            if fd not in self.eof:
+                loop.add_reader(fd, self._on_output, fd, name)
+
     def _forward(self, name: str, data: bytes) -> None:
         ex = self.current or self.last
         if ex is None or ex.flooded:
+            if self.current is None:
+                self._pause_output()
             return
         limit = self.limits.output_bytes
         ex.output += len(data)
@@ -195,6 +227,9 @@ class Session:
     def _flood(self, ex: Execution) -> None:
         ex.flooded = True
         ex.limit = ex.limit or "output"
+        if ex is not self.current:  # output after its execution returned: no notice, just stop reading
+            self._pause_output()
+            return
         ex.conn.send(
             {
                 "type": "stream",
@@ -205,8 +240,7 @@ class Session:
                 "discarded and the execution interrupted]\n",
             }
         )
-        if ex is self.current:
-            self._interrupt_then_kill(ex)
+        self._interrupt_then_kill(ex)
 
     def _interrupt_then_kill(self, ex: Execution) -> None:
         self.interrupt()
@@ -233,27 +267,77 @@ class Session:
                     break
                 self._forward(name, data)
 
+    def frame_limit(self) -> int:
+        """The largest frame an engine may send: a rich output as large as the output budget."""
+        return self.limits.output_bytes + 65536
+
+    async def _next_frame(self, proc: EngineProc) -> dict[str, Any] | None:
+        """The next frame of the running execution; None when the engine is gone.
+
+        The control socket is read only while an execution runs: frames a background thread sends
+        between executions wait in the socket (its writer blocks when the buffer is full) and are
+        counted against the next execution. A frame longer than ``frame_limit`` ends the session;
+        once the execution's output budget is spent, frames over 64 KiB are skipped unparsed (the
+        small ones still are parsed: one of them is the execution's ``done``)."""
+        reader = proc.reader
+        while True:
+            if self.current is None:
+                started = asyncio.ensure_future(self.running.wait())
+                try:
+                    await asyncio.wait({started, proc.exited}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    started.cancel()
+                if self.current is None:
+                    if proc.exited.done():
+                        return None
+                    continue
+            try:
+                header = await reader.readexactly(HEADER.size)
+            except asyncio.IncompleteReadError:
+                return None
+            (length,) = HEADER.unpack(header)
+            if length > self.frame_limit():
+                raise FrameError("too_large", f"the engine sent a frame of {length} bytes")
+            ex = self.current  # the frame belongs to the execution running when it arrives
+            if ex is None or ex.flooded:
+                ex = ex or self.last
+                if ex is not None:
+                    ex.output += length
+                if ex is None or length > CHUNK:
+                    await self._skip(reader, length)
+                    continue
+                return decode_body(await reader.readexactly(length))  # small: may be the `done`
+            ex.output += length
+            if ex.output > self.limits.output_bytes:
+                await self._skip(reader, length)
+                self._flood(ex)
+                continue
+            return decode_body(await reader.readexactly(length))
+
+    @staticmethod
+    async def _skip(reader: asyncio.StreamReader, length: int) -> None:
+        while length:
+            chunk = await reader.read(min(length, 1 << 20))
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", length)
+            length -= len(chunk)
+
     async def _read_engine(self, proc: EngineProc) -> None:
         try:
             while True:
-                msg = await read_frame(proc.reader, ENGINE_FRAME_MAX)
+                msg = await self._next_frame(proc)
                 if msg is None:
                     break
                 ex = self.current
                 kind = msg.get("type")
                 if ex is None or msg.get("id") != ex.req_id:
-                    continue
+                    continue  # counted against the output budget (_next_frame), otherwise ignored
                 if kind == "done":
                     self._drain()
                     if not ex.done.done():
                         ex.done.set_result(msg)
                 elif kind in {"display", "result", "exception"}:
-                    size = len(json.dumps(msg.get("data", ""))) if kind != "exception" else 0
-                    ex.output += size
                     if ex.flooded:
-                        continue
-                    if ex.output > self.limits.output_bytes:
-                        self._flood(ex)
                         continue
                     out = {k: v for k, v in msg.items() if k in {"data", "ename", "evalue", "traceback"}}
                     frame = {"type": kind, "re": ex.req_id, "session": self.id, **out}
@@ -261,13 +345,16 @@ class Session:
                         ex.held = frame  # goes out with `done`, in one write
                     else:
                         ex.conn.send(frame)
-        except (FrameError, asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
+        except (FrameError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            if proc is self.proc and not proc.exited.done():
+                self.death = self.death or f"the engine broke its channel ({exc}): killed"
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
         # the engine is gone (or talked garbage): make sure every process of the uid is gone too
         status: int | None = None
         if proc is self.proc:
             self.alive = False
-            kill_uid(self.account.uid)
+            await self.kill_all()
             with contextlib.suppress(TimeoutError):
                 status = await asyncio.wait_for(asyncio.shield(proc.exited), 2)
             self.death = self.death or describe_status(status)
@@ -298,7 +385,16 @@ class Session:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGKILL)
-        kill_uid(self.account.uid)
+        self.kill_all()
+
+    def kill_all(self) -> asyncio.Task[int]:
+        """Kill every process of the workspace's uid (in the executor, off the event loop); the task is
+        awaited before a new engine starts, so it can never hit the next engine."""
+        task = self.killing
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(kill_uid(self.account.uid))
+            self.killing = task
+        return task
 
     def _stop_engine(self) -> None:
         ex = self.current
@@ -316,7 +412,7 @@ class Session:
         proc.writer.close()
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
-        kill_uid(self.account.uid)
+        self.kill_all()
         self.proc = None
         self.alive = False
 
@@ -328,6 +424,7 @@ class Session:
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old, 5)
+        await self.kill_all()
 
     async def restart(self) -> None:
         await self.stop_engine("restarted")
@@ -356,6 +453,8 @@ class Session:
         loop = asyncio.get_running_loop()
         ex = Execution(conn, req_id, self.id, loop.create_future())
         self.current = self.last = ex
+        self.running.set()
+        self._resume_output()
         self.executions += 1
         for d in self.decoders.values():
             d.reset()
@@ -367,6 +466,7 @@ class Session:
             for t in ex.timers:
                 t.cancel()
             self.current = None
+            self.running.clear()
             self.touch()
         status = result.get("status", "ok")
         reply: dict[str, Any] = {
@@ -441,7 +541,8 @@ class Session:
                 return
             try:
                 used = (await self.op("du", {}))["bytes"]
-            except OpError:
+            except (OpError, ProtocolError) as exc:
+                log.warning("quota check of %s failed: %s", self.workspace, exc)
                 return
         finally:
             self.quota_pending = False
@@ -463,15 +564,23 @@ class Session:
             )
 
     async def op(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        return await run_as(
-            self.account,
-            self.root,
-            self.tmp,
-            op,
-            args,
-            fsize=self.limits.file_size_mb << 20,
-            max_bytes=int(self.worker.config.max_frame * 0.7),
-        )
+        """Run a file/git operation in a helper fork as the workspace user. Helpers are shared fairly
+        between sessions (``Worker.helpers``); a session with too many waiting gets ``busy``."""
+        try:
+            async with self.worker.helpers.slot(self.id):
+                if self.killing is not None and not self.killing.done():
+                    await self.killing  # a helper started now would be killed with the uid's processes
+                return await run_as(
+                    self.account,
+                    self.root,
+                    self.tmp,
+                    op,
+                    args,
+                    fsize=self.limits.file_size_mb << 20,
+                    max_bytes=int(self.worker.config.max_frame * 0.7),
+                )
+        except QueueFull as exc:
+            raise ProtocolError("busy", str(exc)) from None
 
     async def settled(self) -> None:
         """Wait for a background checkout; refuse to work on a workspace whose restore failed."""
@@ -495,7 +604,8 @@ class Session:
         if task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        purge_uid_files(self.account.uid)
+        await self.kill_all()
+        await asyncio.to_thread(shutil.rmtree, self.tmp, True)
+        await asyncio.to_thread(purge_uid_files, self.account.uid)
         if self.worker.cgroups is not None:
             self.worker.cgroups.remove(self.workspace)

@@ -17,7 +17,8 @@ from sagews.tls import server_context
 from sagews.worker.cgroup import Cgroups
 from sagews.worker.config import WorkerConfig
 from sagews.worker.connection import Connection
-from sagews.worker.protocol import CHUNK, COMMIT_ID, PROTOCOL_VERSIONS, ProtocolError
+from sagews.worker.limiter import FairLimiter
+from sagews.worker.protocol import CHUNK, COMMIT_ID, MAX_QUEUED_OPS, PROTOCOL_VERSIONS, ProtocolError
 from sagews.worker.session import Session
 from sagews.worker.users import WORKSPACE_ID, PoolExhausted, UserPool
 from sagews.worker.workspace import HELPER_LIMITS, prepare_dir, private_tmp
@@ -45,6 +46,9 @@ class Worker:
         self.users: UserPool | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cgroups: Cgroups | None = None
+        # helper forks (file/git operations) running at once, shared round robin between sessions
+        slots = config.helper_processes or max(4, 2 * (os.cpu_count() or 1))
+        self.helpers = FairLimiter(slots, MAX_QUEUED_OPS)
         if config.cgroup:
             self.cgroups = Cgroups(config.cgroup_root, config.cgroup_memory_mb, config.limits.processes)
 
@@ -74,7 +78,10 @@ class Worker:
             cpu=max(1, int(lim.cpu_seconds)),
             open_files=lim.open_files,
         )
-        self.users = UserPool(self.state, self.config.user_prefix, self.config.user_pool_size)
+        self.users = UserPool(
+            self.state, self.config.user_prefix, self.config.user_pool_size, self.config.uid_base
+        )
+        self.users.check_range()
 
     async def start(self) -> int:
         self._prepare_dirs()
@@ -172,11 +179,11 @@ class Worker:
             root = self.workspaces / workspace
             busy = set(self.by_workspace)
             try:
-                account = self.users.account_for(workspace, root, busy)
+                account = await self.users.account_for(workspace, root, busy)
             except PoolExhausted as exc:
                 raise ProtocolError("no_capacity", str(exc)) from None
-            prepare_dir(root, account)
-            tmp = private_tmp(self.tmp, account)
+            await asyncio.to_thread(prepare_dir, root, account)
+            tmp = await asyncio.to_thread(private_tmp, self.tmp, account)
             session = Session(self, workspace, account, root, tmp, engine=str(engine))
             await session.start_engine()
             self.sessions[session.id] = session
@@ -224,15 +231,38 @@ class Worker:
         session.closed = True
         self.forget(session)
         log.info("session %s closed: workspace %s (%s)", session.id, session.workspace, reason)
-        if session.last is not None and reason == "idle timeout":
-            session.last.conn.send({"type": "closed", "session": session.id, "reason": reason})
         await session.close()
+        if session.last is not None and reason == "idle timeout":  # sent once its processes are gone
+            session.last.conn.send({"type": "closed", "session": session.id, "reason": reason})
 
     # workspace saves -----------------------------------------------------------------------------
     def _bundle_dir(self, workspace: str) -> Path:
+        """The workspace's stored bundle chain (blocking: call it in an executor)."""
         path = self.state / "bundles" / workspace
         path.mkdir(mode=0o700, exist_ok=True)
         return path
+
+    def _last_saved(self, workspace: str) -> str | None:
+        marker = self._bundle_dir(workspace) / "saved"
+        return marker.read_text().strip() if marker.exists() else None
+
+    def _store_bundle(self, workspace: str, data: bytes, base: bool, commit: str) -> int:
+        """Append a bundle to the chain (a base bundle starts a new chain); returns its sequence number."""
+        bdir = self._bundle_dir(workspace)
+        if base:
+            for old in bdir.glob("*.bundle"):
+                old.unlink()
+        seq = len(list(bdir.glob("*.bundle")))
+        (bdir / f"{seq:06d}.bundle").write_bytes(data)
+        (bdir / "saved").write_text(commit)
+        return seq
+
+    def _stored_bundles(self, workspace: str) -> list[str]:
+        files = sorted(self._bundle_dir(workspace).glob("*.bundle"))
+        return [base64.b64encode(f.read_bytes()).decode() for f in files]
+
+    def _mark_saved(self, workspace: str, commit: str) -> None:
+        (self._bundle_dir(workspace) / "saved").write_text(commit)
 
     async def save(self, session: Session, message: object) -> dict[str, Any]:
         async with session.git_lock:
@@ -242,9 +272,7 @@ class Worker:
     async def _save(self, session: Session, message: object) -> dict[str, Any]:
         if session.over_quota:
             raise ProtocolError("quota", "disk quota exceeded: delete files before saving")
-        bdir = self._bundle_dir(session.workspace)
-        marker = bdir / "saved"
-        last = marker.read_text().strip() if marker.exists() else None
+        last = await asyncio.to_thread(self._last_saved, session.workspace)
         res = await session.op("save", {"message": message, "last": last})
         # the helper ran as the workspace user: check what we are going to store as root
         if not isinstance(res.get("commit"), str) or not COMMIT_ID.match(res["commit"]):
@@ -254,12 +282,9 @@ class Worker:
             reply["unchanged"] = True
             return reply
         data = base64.b64decode(res["bundle"])
-        if res["base"]:
-            for old in bdir.glob("*.bundle"):
-                old.unlink()
-        seq = len(list(bdir.glob("*.bundle")))
-        (bdir / f"{seq:06d}.bundle").write_bytes(data)
-        marker.write_text(res["commit"])
+        seq = await asyncio.to_thread(
+            self._store_bundle, session.workspace, data, bool(res["base"]), res["commit"]
+        )
         reply.update(base=res["base"], size=len(data), seq=seq)
         if len(res["bundle"]) < self.config.max_frame - 4096:
             reply["bundle"] = res["bundle"]
@@ -294,12 +319,10 @@ class Worker:
         return {"commit": res["commit"], "checkout": "background"}
 
     async def _restore_objects(self, session: Session, bundles: object) -> dict[str, Any]:
-        bdir = self._bundle_dir(session.workspace)
         if bundles is None:
-            files = sorted(bdir.glob("*.bundle"))
-            if not files:
+            bundles = await asyncio.to_thread(self._stored_bundles, session.workspace)
+            if not bundles:
                 raise ProtocolError("not_found", "no saved bundles for this workspace on this worker")
-            bundles = [base64.b64encode(f.read_bytes()).decode() for f in files]
         await session.stop_engine("restoring")
         try:
             res = await session.op("restore", {"bundles": bundles, "phase": "objects"})
@@ -319,7 +342,7 @@ class Worker:
             session.staged = None  # new ls/read wait for the swap; those in flight finish first
             await session.no_staged_readers.wait()
             await session.op("restore", {"phase": "swap"})
-            (self._bundle_dir(session.workspace) / "saved").write_text(commit)
+            await asyncio.to_thread(self._mark_saved, session.workspace, commit)
         except Exception as exc:
             # the workspace keeps its old files (the swap happens last); saving them now could store
             # an empty or stale tree as the workspace's newest version, so the session refuses work

@@ -217,8 +217,26 @@ def _init(root: str, tmp: str) -> None:
         git("init", "-q", "-b", "main", tmp=tmp)
 
 
+def _clear_stale_locks() -> list[str]:
+    """Remove git lock files left by a git that was killed (a worker restart during a save): saves of a
+    session run one at a time (its git lock), so a lock seen here belongs to no running save."""
+    removed = []
+    candidates = [
+        os.path.join(".git", n) for n in ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock")
+    ]
+    for dirpath, _dirs, files in os.walk(os.path.join(".git", "refs")):
+        candidates += [os.path.join(dirpath, f) for f in files if f.endswith(".lock")]
+    for path in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.isfile(path) or os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
 def _save(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
     _init(root, tmp)
+    _clear_stale_locks()
     git("add", "-A", tmp=tmp)
     message = a.get("message") if isinstance(a.get("message"), str) and a.get("message") else "save"
     if git("status", "--porcelain", tmp=tmp).strip():

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from sagews.worker.protocol import ENGINE_FRAME_MAX
+from sagews.worker.protocol import CHUNK
 
 
 @dataclass
@@ -125,7 +125,9 @@ class Zygote:
             os.set_blocking(out_r, False)
             os.set_blocking(err_r, False)
             ctrl.setblocking(False)
-            reader, writer = await asyncio.open_unix_connection(sock=ctrl, limit=ENGINE_FRAME_MAX)
+            reader, writer = await asyncio.open_unix_connection(
+                sock=ctrl, limit=CHUNK
+            )  # small: unread frames back-pressure the engine
         except BaseException:
             self.spawning.pop(token, None)
             ctrl.close()

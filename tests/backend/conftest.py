@@ -19,7 +19,7 @@ from sagews.backend.config import BackendConfig, WorkerEndpoint
 from sagews.db import migrate
 from sagews.devpki import DevCA
 from tests.backend.helpers import HttpUser, WorkerProc, free_port
-from tests.fixtures.users import user_prefix
+from tests.fixtures.users import pool_config
 
 _n = itertools.count(1)
 
@@ -82,7 +82,7 @@ def make_worker(base_dir: Path, pki: DevCA) -> Iterator[Callable[[], WorkerProc]
 
     def make() -> WorkerProc:
         i = len(started)
-        w = WorkerProc(base_dir / f"worker{i}", pki, user_prefix(f"b{i}"))
+        w = WorkerProc(base_dir / f"worker{i}", pki, pool_config(f"b{i}"))
         started.append(w)
         return w
 

@@ -223,7 +223,7 @@ class SockClient:
 class WorkerProc:
     """A real sagews worker process (root, TLS) on 127.0.0.1, like tests/worker's."""
 
-    def __init__(self, base: Path, pki: DevCA, prefix: str) -> None:
+    def __init__(self, base: Path, pki: DevCA, pool: dict[str, object]) -> None:
         server = pki.issue("worker")
         base.mkdir(parents=True, exist_ok=True)
         base.chmod(0o755)
@@ -239,7 +239,7 @@ class WorkerProc:
             "tmp_dir": str(base / "tmp"),
             "engines": ["python"],
             "warm_pool": 1,
-            "user_prefix": prefix,
+            **pool,
             "limits": {"walltime_seconds": 20, "processes": 32, "disk_quota_mb": 30},
         }
         (base / "worker.json").write_text(json.dumps(cfg))

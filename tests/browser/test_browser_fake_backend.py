@@ -21,7 +21,7 @@ from browser_helpers import ROOT, ConsoleWatch, shot_dir
 from playwright.sync_api import expect
 from test_browser_journey import dev_help, free_port, journey, signup
 
-from tests.fixtures.users import user_prefix
+from tests.fixtures.users import pool_config
 
 FAKE = Path(__file__).with_name("fake_backend.py")
 
@@ -333,7 +333,7 @@ def worker_backend(vendor_built):
         "tmp_dir": str(base / "tmp"),
         "engines": ["python", "sage"] if have_sage else ["python"],
         "warm_pool": 1,
-        "user_prefix": user_prefix("br"),  # see tests/fixtures/users.py
+        **pool_config("br"),  # see tests/fixtures/users.py
     }
     (base / "worker.json").write_text(json.dumps(cfg))
     wlog = open(shot_dir() / "worker.log", "w")  # noqa: SIM115 (closed below)

@@ -16,7 +16,7 @@ from worker_helpers import WorkerProc
 
 from sagews.devpki import DevCA
 from sagews.worker.client import WorkerClient
-from tests.fixtures.users import user_prefix
+from tests.fixtures.users import pool_config
 
 _names = itertools.count(1)
 
@@ -44,7 +44,8 @@ def make_worker(base_dir: Path, pki: DevCA) -> Iterator[Callable[..., WorkerProc
 
     def make(env: dict[str, str] | None = None, **overrides: Any) -> WorkerProc:
         # workers on one host must not share workspace users (each kills leftovers of the uids it hands out)
-        overrides.setdefault("user_prefix", user_prefix(f"t{len(started)}"))
+        for k, v in pool_config(f"t{len(started)}").items():
+            overrides.setdefault(k, v)
         w = WorkerProc(base_dir / f"worker{len(started)}", pki, client_pair, overrides, env)
         started.append(w)
         return w
