@@ -171,7 +171,9 @@ class Connection:
 
     async def do_open(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
         t0 = time.monotonic()
-        session, existing = await self.worker.open_session(msg.get("workspace"), msg.get("engine"))
+        session, existing = await self.worker.open_session(
+            msg.get("workspace"), msg.get("engine"), msg.get("owner")
+        )
         return {
             "type": "opened",
             "session": session.id,

@@ -92,10 +92,20 @@ class Channel:
         self.sock.sendall(encode(msg))
 
 
-def drop_privileges(msg: dict[str, Any]) -> None:
+def drop_privileges(msg: dict[str, Any]) -> tuple[int, int]:
+    """Enter the workspace's private mounts (if isolated), apply rlimits, become the workspace user.
+    Returns this process's pid and its namespace init's as the worker sees them (0: no namespace)."""
     uid, gid = int(msg["uid"]), int(msg["gid"])
     limits = msg["limits"]
     mb = 1 << 20
+    host_pid, init_pid = os.getpid(), 0
+    if msg.get("isolate"):
+        from sagews.worker import isolation
+
+        host_pid = int(os.readlink("/proc/self"))  # still the host's /proc: the pid the worker signals
+        with open(f"/proc/{host_pid}/stat") as fh:
+            init_pid = int(fh.read().rsplit(")", 1)[1].split()[1])  # our parent: PID 1
+        isolation.enter_private_mounts([(str(a), str(b)) for a, b in msg.get("mounts", [])])
 
     def setl(res: int, soft: int, hard: int | None = None) -> None:
         resource.setrlimit(res, (soft, soft if hard is None else hard))
@@ -119,6 +129,7 @@ def drop_privileges(msg: dict[str, Any]) -> None:
     os.environ.update({str(k): str(v) for k, v in msg["env"].items()})
     tempfile.tempdir = None  # the zygote's imports cached /tmp: use the session's private TMPDIR
     _retarget_sage_dirs()
+    return host_pid, init_pid
 
 
 SAGE_DOT_SAGE_MODULES = (
@@ -317,7 +328,7 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
         if msg.get("type") != "assign":
             os._exit(3)
         try:
-            drop_privileges(msg)
+            host_pid, init_pid = drop_privileges(msg)
         except Exception as exc:
             chan.send({"type": "failed", "message": f"{type(exc).__name__}: {exc}"})
             os._exit(4)
@@ -325,7 +336,7 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
         sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
         sys.stdin = open(os.devnull)  # noqa: SIM115
         engine = Engine(chan, engines)
-        chan.send({"type": "ready", "pid": os.getpid(), "uid": os.getuid()})
+        chan.send({"type": "ready", "pid": host_pid, "init": init_pid, "uid": os.getuid()})
         while True:
             msg = chan.recv()
             if msg.get("type") == "exec":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sagews.framing import HEADER, FrameError, decode_body, encode, read_frame
+from sagews.worker.isolation import private_mounts
 from sagews.worker.limiter import QueueFull
 from sagews.worker.protocol import CHUNK, MAX_QUEUED, ProtocolError
 from sagews.worker.users import Account, kill_uid, purge_uid_files
@@ -87,6 +88,8 @@ class Session:
         }
         self.reader_task: asyncio.Task[None] | None = None
         self.killing: asyncio.Task[int] | None = None
+        self.owner = ""  # the backend's account that opened it (``open.owner``): per-owner caps
+        self.engine_pid = 0  # the engine process (its pgid gets interrupts); proc.pid is its init
         self.running = asyncio.Event()  # an execution is in progress (the control socket is read then)
         self.paused = False  # the engine's pipes are not read (output budget spent, nothing running)
         self.eof: set[int] = set()  # pipe ends that reached EOF
@@ -106,7 +109,7 @@ class Session:
         return self.worker.config.limits
 
     def env(self) -> dict[str, str]:
-        tmp = str(self.tmp)
+        tmp = str(self.tmp / "tmp")  # the same directory as /tmp inside the mount namespace
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.root),
@@ -138,6 +141,7 @@ class Session:
             await self.killing  # the previous engine's processes are gone before the next one starts
         proc = await self.worker.take_engine()
         self.proc = proc
+        self.engine_pid = proc.pid
         self.paused = False
         self.eof = set()
         if self.worker.cgroups is not None:
@@ -154,6 +158,8 @@ class Session:
                     "cwd": str(self.root),
                     "env": self.env(),
                     "limits": self.worker.config.limits.__dict__,
+                    "isolate": self.worker.isolated,
+                    "mounts": private_mounts(str(self.tmp)),
                 }
             )
         )
@@ -164,6 +170,13 @@ class Session:
         if not msg or msg.get("type") != "ready":
             self._stop_engine()
             raise ProtocolError("engine_failed", f"engine did not start: {msg and msg.get('message')}")
+        if self.worker.isolated:
+            # the engine is the child of its namespace's init (proc.pid); it reported its own pid
+            # (read before user code could run: trusted), the target of interrupts
+            self.engine_pid = int(msg.get("pid") or proc.pid)
+            proc.init_pid = int(msg.get("init") or 0)  # its parent: the namespace's PID 1
+            if self.worker.cgroups is not None:
+                self.worker.cgroups.attach(self.workspace, self.engine_pid)
         self.alive = True
         self.death = None
         self.reader_task = asyncio.create_task(self._read_engine(proc))
@@ -348,15 +361,14 @@ class Session:
         except (FrameError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
             if proc is self.proc and not proc.exited.done():
                 self.death = self.death or f"the engine broke its channel ({exc}): killed"
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
+                self._sigkill(proc)
         # the engine is gone (or talked garbage): make sure every process of the uid is gone too
         status: int | None = None
         if proc is self.proc:
             self.alive = False
-            await self.kill_all()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError):  # its own status first (killing would mask it)
                 status = await asyncio.wait_for(asyncio.shield(proc.exited), 2)
+            await self.kill_all()
             self.death = self.death or describe_status(status)
             cg = self.worker.cgroups
             if cg is not None and cg.memory_events(self.workspace).get("oom_kill"):
@@ -369,7 +381,7 @@ class Session:
     def interrupt(self) -> None:
         if self.proc is not None and self.alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGINT)
+                os.killpg(self.engine_pid, signal.SIGINT)
 
     def kill(self, reason: str) -> None:
         log.info(
@@ -383,18 +395,34 @@ class Session:
         if self.worker.cgroups is not None:
             self.worker.cgroups.kill(self.workspace)
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
+            self._sigkill(self.proc)
         self.kill_all()
 
+    @staticmethod
+    def _sigkill(proc: EngineProc) -> None:
+        """SIGKILL the engine's namespace init (its exit waits until the kernel has killed everything in
+        the namespace; then the keeper exits and ``proc.exited`` resolves), or the engine itself."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.init_pid or proc.pid, signal.SIGKILL)
+
     def kill_all(self) -> asyncio.Task[int]:
-        """Kill every process of the workspace's uid (in the executor, off the event loop); the task is
-        awaited before a new engine starts, so it can never hit the next engine."""
+        """Kill every process of the engine: its PID namespace's init (the kernel kills the rest of the
+        namespace with it), or without namespaces every process of the workspace's uid (/proc scans in
+        the executor). The task is awaited before a new engine or helper starts."""
         task = self.killing
         if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(kill_uid(self.account.uid))
+            task = asyncio.get_running_loop().create_task(self._kill_all(self.proc))
             self.killing = task
         return task
+
+    async def _kill_all(self, proc: EngineProc | None) -> int:
+        if not self.worker.isolated:
+            return await kill_uid(self.account.uid)
+        if proc is not None:
+            self._sigkill(proc)
+            with contextlib.suppress(TimeoutError):  # reaped only once every process of it is gone
+                await asyncio.wait_for(asyncio.shield(proc.exited), 10)
+        return 1
 
     def _stop_engine(self) -> None:
         ex = self.current
@@ -410,8 +438,7 @@ class Session:
             with contextlib.suppress(OSError):
                 os.close(fd)
         proc.writer.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
+        self._sigkill(proc)
         self.kill_all()
         self.proc = None
         self.alive = False
@@ -578,6 +605,7 @@ class Session:
                     args,
                     fsize=self.limits.file_size_mb << 20,
                     max_bytes=int(self.worker.config.max_frame * 0.7),
+                    mounts=private_mounts(str(self.tmp)) if self.worker.isolated else None,
                 )
         except QueueFull as exc:
             raise ProtocolError("busy", str(exc)) from None

@@ -14,6 +14,7 @@ from typing import Any
 
 from sagews import __version__
 from sagews.tls import server_context
+from sagews.worker import isolation
 from sagews.worker.cgroup import Cgroups
 from sagews.worker.config import WorkerConfig
 from sagews.worker.connection import Connection
@@ -30,12 +31,13 @@ log = logging.getLogger("sagews.worker")
 class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.zygote = Zygote(config.engines, on_death=self._zygote_died)
+        self.zygote = Zygote(config.engines, on_death=self._zygote_died, isolate=config.isolation)
         self.pool: list[EngineProc] = []
         self.refilling = False
         self.sessions: dict[str, Session] = {}
         self.by_workspace: dict[str, Session] = {}
         self.opening: dict[str, asyncio.Future[Session]] = {}
+        self.opening_owners: dict[str, str] = {}
         self.connections: set[Connection] = set()
         self.server: asyncio.Server | None = None
         self.stopping = False
@@ -46,6 +48,7 @@ class Worker:
         self.users: UserPool | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cgroups: Cgroups | None = None
+        self.isolated = config.isolation  # engines and helpers in their own PID/mount/IPC namespaces
         # helper forks (file/git operations) running at once, shared round robin between sessions
         slots = config.helper_processes or max(4, 2 * (os.cpu_count() or 1))
         self.helpers = FairLimiter(slots, MAX_QUEUED_OPS)
@@ -71,6 +74,15 @@ class Worker:
             os.chmod(key, 0o600)
         if self.cgroups is not None:
             self.cgroups.setup()
+        if self.isolated:
+            isolation.check_paths(str(self.workspaces), str(self.tmp))
+            why = isolation.probe()
+            if why is not None:
+                raise RuntimeError(
+                    f"isolation = true, but this worker cannot create PID/mount/IPC namespaces ({why}); "
+                    "it needs root with CAP_SYS_ADMIN (set isolation = false to run without: "
+                    "see docs/security.md for what that gives up)"
+                )
         lim = self.config.limits
         HELPER_LIMITS.update(
             processes=lim.processes,
@@ -115,7 +127,7 @@ class Worker:
             old.proc.wait()  # reap it (it is dead)
             old.proc = None
         old.stop()
-        self.zygote = Zygote(self.config.engines, on_death=self._zygote_died)
+        self.zygote = Zygote(self.config.engines, on_death=self._zygote_died, isolate=self.config.isolation)
         self.spawn_task(self._start_zygote())
 
     async def _start_zygote(self) -> None:
@@ -160,9 +172,33 @@ class Worker:
         return proc
 
     # sessions ------------------------------------------------------------------------------------
-    async def open_session(self, workspace: object, engine: object) -> tuple[Session, bool]:
+    def _check_owner(self, owner: str) -> None:
+        """An owner (the backend's account) may hold ``owner_sessions`` sessions, and only one while
+        the pool is down to its last ``owner_reserve`` free users: no flood takes the last uids."""
+        if not owner:
+            return
+        held = sum(1 for s in self.sessions.values() if s.owner == owner) + sum(
+            1 for o in self.opening_owners.values() if o == owner
+        )
+        cap = self.config.owner_sessions
+        if cap and held >= cap:
+            raise ProtocolError("no_capacity", f"this owner has {held} open workspaces here (limit {cap})")
+        if held and self.users is not None:
+            free = self.users.free(set(self.by_workspace) | set(self.opening)) - len(self.opening)
+            if free <= self.config.owner_reserve:
+                raise ProtocolError(
+                    "no_capacity",
+                    f"only {max(free, 0)} workspace users are left: kept for owners without a workspace here",
+                )
+
+    async def open_session(
+        self, workspace: object, engine: object, owner: object = None
+    ) -> tuple[Session, bool]:
         if not isinstance(workspace, str) or not WORKSPACE_ID.match(workspace):
             raise ProtocolError("bad_field", "workspace must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+        if owner is not None and (not isinstance(owner, str) or len(owner) > 128):
+            raise ProtocolError("bad_field", "owner must be a string of at most 128 characters")
+        owner = owner or ""
         engine = self.config.default_engine if engine is None else engine
         self.check_engine(engine)
         existing = self.by_workspace.get(workspace)
@@ -171,8 +207,10 @@ class Worker:
         pending = self.opening.get(workspace)
         if pending is not None:
             return await asyncio.shield(pending), True
+        self._check_owner(owner)
         fut: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
         self.opening[workspace] = fut
+        self.opening_owners[workspace] = owner
         try:
             if self.users is None:
                 raise RuntimeError("the worker is not started")
@@ -185,6 +223,7 @@ class Worker:
             await asyncio.to_thread(prepare_dir, root, account)
             tmp = await asyncio.to_thread(private_tmp, self.tmp, account)
             session = Session(self, workspace, account, root, tmp, engine=str(engine))
+            session.owner = owner
             await session.start_engine()
             self.sessions[session.id] = session
             self.by_workspace[workspace] = session
@@ -200,6 +239,7 @@ class Worker:
             raise
         finally:
             self.opening.pop(workspace, None)
+            self.opening_owners.pop(workspace, None)
 
     def check_engine(self, engine: object) -> None:
         if not isinstance(engine, str) or engine not in {"python", "sage"}:
@@ -393,6 +433,7 @@ class Worker:
                     "executions": s.executions,
                     "idle": round(now - s.last_activity, 3),
                     "over_quota": s.over_quota,
+                    "owner": s.owner,
                 }
                 for s in list(self.sessions.values())[:1000]
             ],

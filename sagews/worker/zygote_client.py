@@ -19,6 +19,17 @@ from typing import Any
 from sagews.worker.protocol import CHUNK
 
 
+def zygote_env() -> dict[str, str]:
+    """The zygote's whole environment: its memory (initial environment block included, readable in
+    /proc/self/environ) is what every engine starts from, so nothing of the worker's goes there."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env["HOME"] = os.environ.get("HOME") or "/root"  # Sage's import creates $HOME/.sage (root's)
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 @dataclass
 class EngineProc:
     pid: int
@@ -27,11 +38,13 @@ class EngineProc:
     out_fd: int
     err_fd: int
     exited: asyncio.Future[int]
+    init_pid: int = 0  # isolated: PID 1 of the engine's namespaces (pid is its keeper's)
 
 
 class Zygote:
-    def __init__(self, engines: list[str], on_death: Any = None) -> None:
+    def __init__(self, engines: list[str], on_death: Any = None, isolate: bool = False) -> None:
         self.on_death = on_death
+        self.isolate = isolate
         self.wanted = engines
         self.available: list[str] = []
         self.sock: socket.socket | None = None
@@ -48,9 +61,17 @@ class Zygote:
         self.sock = ours
         self.ready = loop.create_future()
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (a long-lived helper, never awaited)
-            [sys.executable, "-m", "sagews.worker.zygote", str(theirs.fileno()), json.dumps(self.wanted)],
+            [
+                sys.executable,
+                "-m",
+                "sagews.worker.zygote",
+                str(theirs.fileno()),
+                json.dumps(self.wanted),
+                "isolate" if self.isolate else "plain",
+            ],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
+            env=zygote_env(),
         )
         theirs.close()
         ours.setblocking(False)

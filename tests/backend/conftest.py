@@ -6,7 +6,6 @@ import itertools
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from sagews.backend.config import BackendConfig, WorkerEndpoint
 from sagews.db import migrate
 from sagews.devpki import DevCA
 from tests.backend.helpers import HttpUser, WorkerProc, free_port
+from tests.fixtures.dirs import service_dir
 from tests.fixtures.users import pool_config
 
 _n = itertools.count(1)
@@ -64,7 +64,7 @@ def memcached() -> Iterator[Memcached]:
 
 @pytest.fixture(scope="session")
 def base_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sagews-backend-test-", dir="/tmp"))
+    path = service_dir("sagews-backend-test-")
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)

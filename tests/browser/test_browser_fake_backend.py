@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ from browser_helpers import ROOT, ConsoleWatch, shot_dir
 from playwright.sync_api import expect
 from test_browser_journey import dev_help, free_port, journey, signup
 
+from tests.fixtures.dirs import service_dir
 from tests.fixtures.users import pool_config
 
 FAKE = Path(__file__).with_name("fake_backend.py")
@@ -316,7 +316,7 @@ def worker_backend(vendor_built):
         pytest.skip("the worker runs as root (it creates a Unix user per workspace)")
     from sagews.devpki import DevCA
 
-    base = Path(tempfile.mkdtemp(prefix="sagews-browser-worker-", dir="/tmp"))
+    base = service_dir("sagews-browser-worker-")
     base.chmod(0o755)
     (base / "pki").mkdir(mode=0o755)
     ca = DevCA(base / "pki")

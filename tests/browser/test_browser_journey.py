@@ -21,6 +21,8 @@ import pytest
 from browser_helpers import ROOT, ConsoleWatch, shot_dir
 from playwright.sync_api import expect
 
+from tests.fixtures.dirs import service_dir
+
 SAGEWS = shutil.which("sagews") or str(Path(sys.executable).with_name("sagews"))
 FACTORS = "3 * 5 * 17 * 257 * 641 * 65537 * 6700417"
 PY_FACTOR = """def factor(n):
@@ -49,7 +51,7 @@ def dev_help() -> tuple[str | None, str]:
     return None, r.stdout + r.stderr
 
 
-def dev_command(help_text: str, port: int, data: Path) -> list[str]:
+def dev_command(help_text: str, port: int, data: Path, workspaces: Path) -> list[str]:
     """The `sagews dev` command line, using the options its --help offers (or SAGEWS_DEV_CMD)."""
     tmpl = os.environ.get("SAGEWS_DEV_CMD")
     if tmpl:
@@ -59,6 +61,7 @@ def dev_command(help_text: str, port: int, data: Path) -> list[str]:
         (("--host", "--address", "--bind"), "127.0.0.1"),
         (("--port",), str(port)),
         (("--data-dir", "--data", "--state-dir", "--dir", "--root"), str(data)),
+        (("--workspaces-dir",), str(workspaces)),
     ):
         for o in opts:
             if re.search(rf"(^|[\s,\[]){re.escape(o)}\b", help_text):
@@ -82,8 +85,8 @@ def dev_server(vendor_built):
     port = free_port()
     # not under pytest's 0700 tmp tree: the worker's workspace users must traverse to their checkouts
     data = Path(tempfile.mkdtemp(prefix="sagews-browser-dev-", dir="/tmp"))
-    data.chmod(0o755)
-    cmd = dev_command(help_text, port, data)
+    workspaces = service_dir("sagews-browser-ws-")  # not under /tmp: workspaces get private ones
+    cmd = dev_command(help_text, port, data, workspaces)
     log_path = shot_dir() / "sagews-dev.log"
     log = open(log_path, "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -115,6 +118,7 @@ def dev_server(vendor_built):
         proc.kill()
     log.close()
     shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(workspaces, ignore_errors=True)
 
 
 def snap(page, name):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from worker_helpers import WorkerProc
 
 from sagews.devpki import DevCA
 from sagews.worker.client import WorkerClient
+from tests.fixtures.dirs import service_dir
 from tests.fixtures.users import pool_config
 
 _names = itertools.count(1)
@@ -25,8 +25,7 @@ _names = itertools.count(1)
 def base_dir() -> Iterator[Path]:
     """Outside pytest's 0700 tmp tree: workspace uids must traverse to their checkouts, and the worker key
     must be protected by its own mode (0600), not by an unreadable parent."""
-    path = Path(tempfile.mkdtemp(prefix="sagews-worker-test-", dir="/tmp"))
-    path.chmod(0o755)
+    path = service_dir("sagews-worker-test-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -253,6 +253,6 @@ def test_sage_uses_the_session_dirs(client: WorkerClient) -> None:
         )
         dot_sage, tmp = eval(r["result"]["text/plain"])  # noqa: S307
         assert opened["user"] in dot_sage
-        assert tmp.endswith(opened["user"])
+        assert tmp.endswith(f"{opened['user']}/tmp")  # the private /tmp (same directory)
     finally:
         client.call("close", session=opened["session"])
