@@ -566,18 +566,26 @@ class Session:
         try:
             if self.id not in self.worker.sessions:
                 return
+            quota, max_inodes = self.limits.disk_quota_mb << 20, self.limits.disk_inodes
             try:
-                used = (await self.op("du", {}))["bytes"]
-            except (OpError, ProtocolError) as exc:
+                if self.worker.volumes is not None:  # its own filesystem: the kernel enforces, we look
+                    used, free, _, free_inodes = await asyncio.to_thread(
+                        self.worker.volumes.usage, self.workspace
+                    )
+                    over = free < 65536 or free_inodes == 0
+                else:  # measured: the checkout and the private temporary directories, as the user
+                    res = await self.op("du", {})
+                    used, inodes = res["bytes"], res.get("inodes", 0)
+                    over = used > quota or inodes > max_inodes
+            except (OpError, ProtocolError, OSError) as exc:
                 log.warning("quota check of %s failed: %s", self.workspace, exc)
                 return
         finally:
             self.quota_pending = False
             if self.quota_dirty and self.id in self.worker.sessions:
                 self.schedule_quota_check(now=True)
-        quota = self.limits.disk_quota_mb << 20
         was = self.over_quota
-        self.over_quota = used > quota
+        self.over_quota = over
         if self.over_quota and not was and self.last is not None:
             self.last.conn.send(
                 {

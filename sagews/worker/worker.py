@@ -22,6 +22,7 @@ from sagews.worker.limiter import FairLimiter
 from sagews.worker.protocol import CHUNK, COMMIT_ID, MAX_QUEUED_OPS, PROTOCOL_VERSIONS, ProtocolError
 from sagews.worker.session import Session
 from sagews.worker.users import WORKSPACE_ID, PoolExhausted, UserPool
+from sagews.worker.volumes import VolumeError, Volumes
 from sagews.worker.workspace import HELPER_LIMITS, prepare_dir, private_tmp
 from sagews.worker.zygote_client import EngineProc, Zygote
 
@@ -49,6 +50,8 @@ class Worker:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cgroups: Cgroups | None = None
         self.isolated = config.isolation  # engines and helpers in their own PID/mount/IPC namespaces
+        self.volumes: Volumes | None = None  # a filesystem per workspace (disk_quota = image)
+        self.disk_quota_mode = "measured"
         # helper forks (file/git operations) running at once, shared round robin between sessions
         slots = config.helper_processes or max(4, 2 * (os.cpu_count() or 1))
         self.helpers = FairLimiter(slots, MAX_QUEUED_OPS)
@@ -97,6 +100,7 @@ class Worker:
 
     async def start(self) -> int:
         self._prepare_dirs()
+        await self._setup_volumes()
         ctx = server_context(self.config.cert, self.config.key, self.config.ca)
         await self.zygote.start()
         self.refill()
@@ -110,6 +114,27 @@ class Worker:
         )
         port: int = self.server.sockets[0].getsockname()[1]
         return port
+
+    async def _setup_volumes(self) -> None:
+        mode = self.config.disk_quota
+        if mode not in {"auto", "image", "measured"}:
+            raise RuntimeError("disk_quota must be 'auto', 'image' or 'measured'")
+        if mode == "measured":
+            return
+        vols = Volumes(
+            self.workspaces, self.state, self.config.limits.disk_quota_mb, self.config.limits.disk_inodes
+        )
+        why = await vols.probe()
+        if why is not None:
+            if mode == "image":
+                raise RuntimeError(f"disk_quota = 'image', but workspace images cannot be mounted: {why}")
+            log.warning(
+                "disk quotas are measured, not enforced: workspace images cannot be mounted (%s)", why
+            )
+            return
+        await vols.share()
+        self.volumes = vols
+        self.disk_quota_mode = "image"
 
     def _zygote_died(self) -> None:
         """The zygote is gone (its engines die with it: parent-death signal). Start a new one."""
@@ -220,8 +245,16 @@ class Worker:
                 account = await self.users.account_for(workspace, root, busy)
             except PoolExhausted as exc:
                 raise ProtocolError("no_capacity", str(exc)) from None
+            tmp_base = self.tmp
+            if self.volumes is not None:
+                try:
+                    tmp_base = await self.volumes.attach(workspace, root)
+                except (VolumeError, OSError) as exc:
+                    raise ProtocolError(
+                        "io", f"the workspace's filesystem could not be mounted: {exc}"
+                    ) from None
             await asyncio.to_thread(prepare_dir, root, account)
-            tmp = await asyncio.to_thread(private_tmp, self.tmp, account)
+            tmp = await asyncio.to_thread(private_tmp, tmp_base, account)
             session = Session(self, workspace, account, root, tmp, engine=str(engine))
             session.owner = owner
             await session.start_engine()
@@ -422,6 +455,7 @@ class Worker:
             "mem_available": mem.get("MemAvailable"),
             "uptime": round(time.time() - self.started, 3),
             "stopping": self.stopping,
+            "disk_quota": self.disk_quota_mode,
             "session_list": [
                 {
                     "session": s.id,
@@ -464,6 +498,8 @@ class Worker:
         for conn in list(self.connections):
             conn.close()
         self.zygote.stop()
+        if self.volumes is not None:
+            await self.volumes.detach_all()
 
     # connections ---------------------------------------------------------------------------------
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

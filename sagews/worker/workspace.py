@@ -178,8 +178,9 @@ def _write(root: str, a: dict[str, Any]) -> dict[str, Any]:
     with os.fdopen(fd, "wb") as fh:
         try:
             fh.write(data)
+            fh.flush()
         except OSError as exc:
-            raise OpError("quota", f"{rel}: {exc.strerror} (file size limit)") from None
+            raise OpError("quota", f"{rel}: {exc.strerror} (file size limit or disk quota)") from None
     return {"path": rel, "size": len(data)}
 
 
@@ -205,13 +206,16 @@ def _delete(root: str, a: dict[str, Any]) -> dict[str, Any]:
     return {"path": rel}
 
 
-def disk_usage(root: str) -> int:
-    total = 0
-    for dirpath, dirs, files in os.walk(root, followlinks=False):
-        for name in dirs + files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
+def disk_usage(*roots: str) -> tuple[int, int]:
+    """(bytes allocated, inodes) of the trees under ``roots`` (symlinks not followed)."""
+    total = inodes = 0
+    for top in roots:
+        for dirpath, dirs, files in os.walk(top, followlinks=False):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                    inodes += 1
+    return total, inodes
 
 
 def _init(root: str, tmp: str) -> None:
@@ -439,7 +443,8 @@ def dispatch(op: str, root: str, args: dict[str, Any], tmp: str, max_bytes: int)
     if op == "delete":
         return _delete(root, args)
     if op == "du":
-        return {"bytes": disk_usage(root)}
+        used, inodes = disk_usage(root, tmp)
+        return {"bytes": used, "inodes": inodes}
     if op == "save":
         return _save(root, args, tmp)
     if op == "restore":

@@ -18,7 +18,7 @@ from sagews.backend.config import BackendConfig, WorkerEndpoint
 from sagews.db import migrate
 from sagews.devpki import DevCA
 from tests.backend.helpers import HttpUser, WorkerProc, free_port
-from tests.fixtures.dirs import service_dir
+from tests.fixtures.dirs import remove_service_dir, service_dir
 from tests.fixtures.users import pool_config
 
 _n = itertools.count(1)
@@ -67,7 +67,7 @@ def base_dir() -> Iterator[Path]:
     path = service_dir("sagews-backend-test-")
     path.chmod(0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    remove_service_dir(path)
 
 
 @pytest.fixture(scope="session")

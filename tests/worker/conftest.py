@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from worker_helpers import WorkerProc
 
 from sagews.devpki import DevCA
 from sagews.worker.client import WorkerClient
-from tests.fixtures.dirs import service_dir
+from tests.fixtures.dirs import remove_service_dir, service_dir
 from tests.fixtures.users import pool_config
 
 _names = itertools.count(1)
@@ -27,7 +26,7 @@ def base_dir() -> Iterator[Path]:
     must be protected by its own mode (0600), not by an unreadable parent."""
     path = service_dir("sagews-worker-test-")
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    remove_service_dir(path)
 
 
 @pytest.fixture(scope="session")

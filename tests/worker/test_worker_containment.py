@@ -287,3 +287,50 @@ def test_one_owner_cannot_take_the_user_pool(make_worker: Callable[..., WorkerPr
             "carol",
             "dave",
         }
+
+
+FILL = (
+    "import os\n"
+    "r = []\n"
+    "for path in {paths!r}:\n"
+    "    try:\n"
+    "        with open(path, 'wb') as f:\n"
+    "            f.write(b'x' * ({mb} << 20))\n"
+    "        r.append('ok')\n"
+    "    except OSError as e:\n"
+    "        r.append(e.errno)\n"
+    "r"
+)
+
+
+def test_disk_quota_is_enforced_by_the_kernel(make_worker: Callable[..., WorkerProc]) -> None:
+    """Each workspace has its own filesystem of disk_quota_mb with disk_inodes inodes: writes past
+    the quota fail (ENOSPC) instead of landing, the private /tmp counts, an inode flood stops."""
+    w = make_worker(
+        warm_pool=1, engines=["python"], disk_quota="image",
+        limits={"disk_quota_mb": 30, "disk_inodes": 2000, "file_size_mb": 20},
+    )  # fmt: skip
+    with w.client() as c:
+        assert c.request("status")["disk_quota"] == "image"
+        sid = c.request("open", workspace="full")["session"]
+        r = c.execute(sid, FILL.format(paths=[f"big{i}" for i in range(4)], mb=15))
+        results = eval(r["result"]["text/plain"])  # noqa: S307
+        assert results[0] == "ok" and 28 in results[1:], results  # ENOSPC at the quota
+        used = sum(e["size"] for e in c.request("ls", session=sid)["entries"] if e["name"].startswith("big"))
+        assert used <= 33 << 20, used  # at most 10 % over (here: under, the filesystem is the limit)
+        r = c.execute(sid, FILL.format(paths=["/tmp/t", "/dev/shm/s"], mb=5))  # the private dirs count
+        assert eval(r["result"]["text/plain"]) == [28, 28]  # noqa: S307
+        with pytest.raises(WorkerError) as ei:
+            c.request("write", session=sid, path="more.txt", text="x" * (3 << 20))
+        assert ei.value.code == "quota"
+        c.request("delete", session=sid, path="big0")
+        code = "import os\nos.mkdir('many')\nn = 0\ntry:\n    for i in range(5000):\n"
+        code += "        open(f'many/{i}', 'w').close()\n        n += 1\n"
+        code += "except OSError as e:\n    n = (n, e.errno)\nn"
+        n, errno = eval(c.execute(sid, code)["result"]["text/plain"])  # noqa: S307
+        assert errno == 28 and n < 2200, n  # the inode limit (ext4 rounds it up a little)
+        # the private /tmp vanishes with the session, the checkout stays
+        c.request("close", session=sid)
+        sid = c.request("open", workspace="full")["session"]
+        r = c.execute(sid, "import os\n(sorted(os.listdir('/tmp')), os.path.exists('big1'))")
+        assert r["result"]["text/plain"] == "([], True)"

@@ -17,8 +17,12 @@ from sagews.worker.client import WorkerError
 from sagews.worker.users import uid_pids
 
 
-def test_disk_quota(make_worker: Callable[..., WorkerProc]) -> None:
-    w = make_worker(warm_pool=1, engines=["python"], limits={"disk_quota_mb": 3, "file_size_mb": 2})
+def test_disk_quota_measured(make_worker: Callable[..., WorkerProc]) -> None:
+    """The fallback without workspace filesystems (disk_quota = measured): writes and saves are refused
+    once a measurement finds the workspace over quota."""
+    w = make_worker(
+        warm_pool=1, engines=["python"], disk_quota="measured", limits={"disk_quota_mb": 3, "file_size_mb": 2}
+    )
     with w.client() as c:
         sid = c.request("open", workspace="quota")["session"]
         blob = base64.b64encode(b"\x01" * (1536 << 10)).decode()
@@ -106,19 +110,11 @@ def test_sigterm_finishes_and_checkpoints(make_worker: Callable[..., WorkerProc]
     assert bundles
     out = subprocess.run(["git", "bundle", "list-heads", str(bundles[-1])], capture_output=True, check=True)
     assert out.stdout
+    # the checkout is on the workspace's own filesystem (unmounted at shutdown): read the bundle
+    clone = Path(w.config["state_dir"]) / "checkpoint-clone"
+    subprocess.run(["git", "clone", "-q", str(bundles[-1]), str(clone)], capture_output=True, check=True)
     log = subprocess.run(
-        [
-            "git",
-            "-c",
-            f"safe.directory={w.config['workspaces_dir']}/graceful",
-            "-C",
-            f"{w.config['workspaces_dir']}/graceful",
-            "log",
-            "--format=%s",
-        ],
-        capture_output=True,
-        check=True,
-        text=True,
+        ["git", "-C", str(clone), "log", "--format=%s"], capture_output=True, check=True, text=True
     ).stdout
     assert "checkpoint at worker shutdown" in log
 
