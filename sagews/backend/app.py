@@ -17,7 +17,7 @@ import tornado.netutil
 import tornado.web
 from sockjs.tornado import SockJSRouter
 
-from sagews.backend.accounts import RateLimiter
+from sagews.backend.accounts import PasswordWork, RateLimiter
 from sagews.backend.cache import Cache, derive_secret
 from sagews.backend.config import BackendConfig, load
 from sagews.backend.events import EventBus, RemotePresence
@@ -95,6 +95,7 @@ class BackendApp(tornado.web.Application):
             ),
         )
         self.signup_limiter = RateLimiter(config.signups_per_ip)
+        self.password_work = PasswordWork(config.password_threads)
         self.account_limits = AccountLimits(
             config.account_rate,
             config.account_burst,
@@ -251,6 +252,7 @@ class BackendApp(tornado.web.Application):
                 log.warning("save of %s at shutdown failed: %s", ws_id, exc)
         await self.pool.close()
         self.cache.close()
+        self.password_work.close()
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)
 
 

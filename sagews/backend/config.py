@@ -56,17 +56,19 @@ class BackendConfig:
     login_account_interval_seconds: float = 30.0  # then one attempt per this interval
     login_ip_failures: int = 300  # per IP over all accounts (no device cookie), per window
     signups_per_ip: int = 30  # per 5 minutes, per backend process
+    password_threads: int = 1  # argon2 runs here (64 MiB, ~0.1 s of CPU each): a login storm takes one core
     # fairness (docs/security.md): defaults for accounts whose own limit (accounts table) is NULL
     max_open_workspaces: int = 10  # workspaces of one owner placed on workers at once (0: no limit)
     max_stored_mb: int = 1024  # stored bundle bytes of one owner's workspaces (0: no limit)
     # per live connection: requests in flight, queued behind them, and a token bucket (per second)
     conn_inflight: int = 8
     conn_queue: int = 64
-    conn_rate: float = 50.0
+    conn_rate: float = 100.0
     conn_burst: int = 200
-    account_rate: float = 200.0  # token bucket over all connections of one account on this backend
-    account_burst: int = 400
-    account_inflight: int = 32  # requests of one account in flight at once on this backend
+    account_rate: float = 300.0  # token bucket over all connections of one account on this backend
+    account_burst: int = 600
+    account_inflight: int = 8  # requests of one account in flight at once on this backend (at a worker,
+    # another user's request waits behind at most this many of one account's)
     account_heavy_rate: float = 5.0  # open/restart/save/history/publish per second per account
     account_heavy_burst: int = 30
     presence_interval: float = 1.0  # presence frames per workspace coalesced to one per interval

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import secrets
 from typing import Any
@@ -71,7 +70,7 @@ class SignupHandler(_LoginBase):
         if limiter.blocked(f"signup:{ip}"):
             raise ApiError(429, "rate_limited", "Too many attempts; wait a few minutes")
         limiter.hit(f"signup:{ip}")
-        pw_hash = await asyncio.get_running_loop().run_in_executor(None, accounts.hash_password, password)
+        pw_hash = await self.backend.password_work.run(accounts.hash_password, password)
         user = await self.backend.db.run(accounts.create_account, name, pw_hash)
         await self.start_session(user)
         self.write_json({"user": {"name": user.name, "is_admin": user.is_admin}})
@@ -97,9 +96,7 @@ class LoginHandler(_LoginBase):
             raise LimitedError(verdict.retry_after)
         found = await app.db.run(accounts.find_login, name)
         pw_hash = found[1] if found else None
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, accounts.verify_password, pw_hash, password
-        )
+        ok = await app.password_work.run(accounts.verify_password, pw_hash, password)
         if not ok or found is None or found[2]:
             await app.login_guard.failed(name, ip, device)
             app.metrics.logins_failed += 1
@@ -144,10 +141,10 @@ class AccountHandler(_LoginBase):
             new = accounts.check_password(b.get("new_password"))
             current = self.field(b, "password")
             found = await app.db.run(accounts.find_login, u.name)
-            loop = asyncio.get_running_loop()
-            if not found or not await loop.run_in_executor(None, accounts.verify_password, found[1], current):
+            work = app.password_work
+            if not found or not await work.run(accounts.verify_password, found[1], current):
                 raise ApiError(403, "bad_login", "The current password is wrong")
-            pw_hash = await loop.run_in_executor(None, accounts.hash_password, new)
+            pw_hash = await work.run(accounts.hash_password, new)
             revoked = await app.db.run(accounts.set_password, u.name, pw_hash)
             await app.cache.delete(*(f"sess:{h}" for h in revoked))
             app.sessions_revoked(revoked)
