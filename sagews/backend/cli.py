@@ -41,6 +41,12 @@ def admin(argv: list[str]) -> int:
     d = sub.add_parser("delete-workspace", help="mark a workspace deleted")
     d.add_argument("id")
     sub.add_parser("workers", help="registered workers and their last heartbeat (JSON lines)")
+    lim = sub.add_parser("limits", help="show (and set) an account's caps on open workspaces and storage")
+    lim.add_argument("name")
+    lim.add_argument("--open", help="max workspaces placed at once (integer, 0: none, 'default')")
+    lim.add_argument("--storage-mb", help="max stored bundle MB of its workspaces (integer, 'default')")
+    pg = sub.add_parser("purge-deleted", help="purge workspaces deleted more than --days ago")
+    pg.add_argument("--days", type=float, default=30.0)
     a = ap.parse_args(argv)
 
     def password() -> str:
@@ -68,6 +74,18 @@ def admin(argv: list[str]) -> int:
         elif a.cmd == "workers":
             for row in db.transaction(list_workers):
                 print(json.dumps(row))
+        elif a.cmd == "limits":
+            _limits(db, a)
+        elif a.cmd == "purge-deleted":
+            import datetime as dt
+
+            from sagews.backend.workspaces import db_purge
+            from sagews.db.types import utcnow
+
+            before, total = utcnow() - dt.timedelta(days=a.days), 0
+            while n := db.transaction(db_purge, before):
+                total += n
+            print(f"purged {total} workspace(s) deleted before {before.isoformat()}")
     except (accounts.AccountError, Exception) as exc:
         code = getattr(exc, "code", type(exc).__name__)
         print(f"sagews admin: {code}: {getattr(exc, 'message', exc)}", file=sys.stderr)
@@ -75,6 +93,32 @@ def admin(argv: list[str]) -> int:
     finally:
         db.close()
     return 0
+
+
+def _limits(db: Database, a: argparse.Namespace) -> None:
+    """``sagews admin limits NAME [--open N|default] [--storage-mb M|default]``: prints caps + usage
+    (the defaults shown are BackendConfig's; a backend's own config may set others)."""
+    from sagews.backend.config import BackendConfig
+    from sagews.backend.workspaces import WorkspaceError, db_set_limits, db_usage
+
+    def value(raw: str | None, scale: int) -> int | None:
+        if raw == "default":
+            return None
+        if raw is None or not raw.isdigit():
+            raise WorkspaceError("bad_field", f"expected a non-negative integer or 'default', not {raw!r}")
+        return int(raw) * scale
+
+    changes: dict[str, int | None] = {}
+    if a.open is not None:
+        changes["max_open_workspaces"] = value(a.open, 1)
+    if a.storage_mb is not None:
+        changes["max_stored_bytes"] = value(a.storage_mb, 1 << 20)
+    account_id = db.transaction(db_set_limits, a.name, changes)
+    from sagews.backend.config import load
+
+    d = load(a.config) if a.config else BackendConfig()
+    print(json.dumps({"account": a.name, **db.transaction(db_usage, account_id, d.max_open_workspaces,
+                                                           d.max_stored_mb << 20)}))  # fmt: skip
 
 
 def backend(argv: list[str]) -> int:
