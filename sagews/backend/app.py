@@ -27,6 +27,7 @@ from sagews.backend.handlers import admin, auth, ops
 from sagews.backend.handlers import workspaces as ws_handlers
 from sagews.backend.live import LiveConnection
 from sagews.backend.metrics import Metrics
+from sagews.backend.sites import Sites
 from sagews.backend.workers import WorkerPool
 from sagews.backend.workspaces import Workspaces
 from sagews.db import Database
@@ -64,6 +65,7 @@ class BackendApp(tornado.web.Application):
         )
         self.workspaces = Workspaces(self.db, self.cache, self.pool, self.metrics)
         self.workspaces.repack_after = config.repack_after
+        self.sites = Sites(self.db, self.workspaces)  # published folders (sagews/backend/sites.py)
         self.presence = self.workspaces.presence
         self.live: set[LiveConnection] = set()
         self.events = EventBus(self.db, self._on_event)

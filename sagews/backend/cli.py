@@ -96,6 +96,11 @@ def dev(argv: list[str]) -> int:
     ap.add_argument("--data-dir", default=os.path.expanduser("~/.sagews/dev"), help="SQLite, PKI, workspaces")
     ap.add_argument("--static", default=str(Path(__file__).resolve().parents[2] / "static"))
     ap.add_argument("--memcached", action="append", default=[], help="host:port (optional)")
+    ap.add_argument(
+        "--user-prefix",
+        default="sagews_dev_",
+        help="workspace users' name prefix (one per worker on a host: each kills its users' leftovers)",
+    )
     a = ap.parse_args(argv)
     import logging
 
@@ -114,7 +119,7 @@ def dev(argv: list[str]) -> int:
         "workspaces_dir": str(data / "workspaces"),
         "state_dir": str(data / "worker-state"),
         "tmp_dir": str(data / "tmp"),
-        "user_prefix": "sagews_dev_",
+        "user_prefix": a.user_prefix,
     }
     (data / "worker.json").write_text(json.dumps(wcfg))
     worker = subprocess.Popen(
