@@ -177,8 +177,8 @@
         this.box.appendChild(renderMime(f.data, f.type === "result" ? "out-result" : "out-stdout"));
       } else if (f.type === "exception") {
         const tb = Array.isArray(f.traceback) ? f.traceback.join("") : f.traceback || "";
-        const last = (f.ename || "Error") + (f.evalue ? ": " + f.evalue : "");
-        const shown = tb.includes(last) ? tb.replace(/\n+$/, "") : (tb ? tb.replace(/\n*$/, "\n") : "") + last;
+        // the traceback ends with the exception's line (worker and Jupyter alike): shown once, as sent
+        const shown = tb.trim() ? tb.replace(/\n+$/, "") : (f.ename || "Error") + (f.evalue ? ": " + f.evalue : "");
         this.box.appendChild(el("pre", { class: "out-error" }, shown));
       } else if (f.type === "done") {
         const msgs = {

@@ -135,3 +135,24 @@ def test_new_cells_take_the_worksheet_default_engine(pages, dev_server, has_sage
     snap(page, "01-default-engine")
     out = json.loads(saved.split("#%% output id=")[1].split("\n", 1)[1].splitlines()[0])
     assert out == {"type": "result", "data": {"text/plain": "3"}}
+
+
+def test_tracebacks_and_help(pages, dev_server, has_sage):
+    """Tracebacks show the user's lines once, without server paths; `name?` asks the engine for help."""
+    page = pages("traceback")
+    signup(page, dev_server, "omar")
+    new_workspace(page, "Errors and help")
+    new_file(page, "worksheet", "tb.sagews")
+    engine = "sage" if has_sage else "python"
+    run_cell(page, 0, "def f(n):\n    return n / 0", kind=engine)
+    cell = run_cell(page, 1, "f(3)")
+    err = cell.locator(".out-error")
+    expect(err).to_contain_text("    return n / 0")
+    expect(err).to_contain_text("    f(3)")
+    text = err.text_content()
+    last_lines = [line for line in text.splitlines() if line.startswith("ZeroDivisionError:")]
+    assert len(last_lines) == 1 and "Integer(" not in text and "/site-packages/" not in text, text
+    doc = run_cell(page, 2, "factor?" if has_sage else "len?")
+    want = "Signature: factor(" if has_sage else "Return the number of items"
+    expect(doc.locator(".cell-output")).to_contain_text(want)
+    snap(page, "01-traceback-and-help")
