@@ -34,6 +34,7 @@ from sagews.backend.security import (
     guarded_accept_sockets,
     quiet_sockjs_transports,
 )
+from sagews.backend.sites import Sites
 from sagews.backend.workers import WorkerPool
 from sagews.backend.workspaces import Workspaces
 from sagews.db import Database
@@ -76,6 +77,7 @@ class BackendApp(tornado.web.Application):
         self.workspaces.repack_after = config.repack_after
         self.workspaces.max_open = config.max_open_workspaces
         self.workspaces.max_stored = config.max_stored_mb << 20
+        self.sites = Sites(self.db, self.workspaces)  # published folders (sagews/backend/sites.py)
         self.presence = self.workspaces.presence
         self.live: set[LiveConnection] = set()
         self.events = EventBus(self.db, self._on_event)

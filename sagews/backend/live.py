@@ -19,6 +19,7 @@ from sockjs.tornado import SockJSConnection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from sagews import notebook
 from sagews.backend.accounts import User, hash_token
 from sagews.backend.handlers.base import lookup_user
 from sagews.backend.limits import HEAVY, Account, TokenBucket
@@ -344,6 +345,10 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         out = {**r, "re": re_}
         if "session" in out:
             out["session"] = ws_id
+        if kind == "write" and r.get("type") == "write":
+            warning = await notebook.check_write(fields)  # a saved .ipynb that nbformat rejects
+            if warning:
+                out["warning"] = warning
         self.send_json(out)
         if kind in ("write", "rename", "delete") and r.get("type") != "error":
             path = msg.get("path") or msg.get("dst")
