@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import tornado.netutil
 import tornado.web
 from sockjs.tornado import SockJSRouter
 
+from sagews import sdnotify
 from sagews.backend.accounts import PasswordWork, RateLimiter
 from sagews.backend.cache import Cache, derive_secret
 from sagews.backend.config import BackendConfig, load
@@ -40,6 +42,9 @@ from sagews.backend.workspaces import Workspaces
 from sagews.db import Database
 
 log = logging.getLogger("sagews.backend")
+# The SockJS endpoint. static/js/protocol.js connects here and the load balancers stick the sessions
+# found under it (haproxy_sockjs_prefixes, from sagews_sockjs_prefix in playbooks/vars/sagews.yml).
+SOCKJS_PREFIX = "/sockjs"
 
 
 class StaticHandler(tornado.web.StaticFileHandler):
@@ -106,12 +111,13 @@ class BackendApp(tornado.web.Application):
             config.account_heavy_burst,
         )
         self.last_db_ok = 0.0
+        self.stopping = False  # a graceful shutdown began: /healthz answers 503
         self._tasks: list[asyncio.Task[Any]] = []
         self._pending: set[asyncio.Future[Any]] = set()
         conn_cls = type("Live", (LiveConnection,), {"app": self})
         self.router = SockJSRouter(
             conn_cls,
-            "/sockjs",
+            SOCKJS_PREFIX,
             user_settings={
                 "disabled_transports": ["jsonp", "htmlfile"],
                 "jsessionid": False,
@@ -227,6 +233,7 @@ class BackendApp(tornado.web.Application):
         for w in self.config.workers:
             await self.pool.add(w.address, w.port, w.capacity)
         await self.pool.beat_once()
+        self.pool.on_beat = self.workspaces.move_off_draining
         self.pool.start(self.config.heartbeat_seconds)
         self.events.start()
         self._tasks.append(asyncio.ensure_future(self._announce()))
@@ -303,6 +310,7 @@ async def serve(config: BackendConfig, ready: Any = None) -> None:
     await app.start()
     scheme = "https" if app.config.tls_cert else "http"
     print(f"sagews-backend listening on {scheme}://{config.host}:{port}", flush=True)
+    sdnotify.ready(f"serving on {scheme}://{config.host}:{port}")
     if ready is not None:
         ready(app, port)
     stop = asyncio.Event()
@@ -310,11 +318,48 @@ async def serve(config: BackendConfig, ready: Any = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    server.stop()
+    await drain(app, server, config.shutdown_grace_seconds)
     await app.stop()
     if handler is not None:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+async def drain(app: BackendApp, server: tornado.httpserver.HTTPServer, grace: float) -> None:
+    """Graceful shutdown: fail the load balancers' health check first (so they stop sending new
+    sessions here), stop accepting, let requests in flight finish (up to ``grace`` seconds), then close
+    the live connections with 1012 "service restart" so clients reconnect through the load balancer
+    to another backend at once. A deploy that drains in HAProxy first loses no request."""
+    sdnotify.stopping("draining")
+    app.stopping = True
+    log.info("shutting down: %d live connections", len(app.live))
+    server.stop()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        busy = [t for c in app.live for t in c.tasks if not t.done()]
+        if not busy:
+            break
+        await asyncio.wait(busy, timeout=max(0.05, deadline - time.monotonic()))
+    for conn in list(app.live):
+        with contextlib.suppress(Exception):
+            conn.session.close(1012, "service restart")
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.close_all_connections(), max(0.1, deadline - time.monotonic()))
+
+
+def check(cfg: BackendConfig) -> int:
+    """``--check``: what the backend would refuse at start, without starting (roles validate with it)."""
+    problems = []
+    if len(cfg.cookie_secret) < 16:
+        problems.append("cookie_secret must be set (at least 16 characters)")
+    if not (cfg.tls_cert and cfg.tls_key) and not is_loopback(cfg.host):
+        problems.append("TLS (tls_cert, tls_key) is required unless the backend binds to loopback")
+    for path in (cfg.tls_cert, cfg.tls_key, cfg.worker_cert, cfg.worker_key, cfg.worker_ca):
+        if path and not Path(path).is_file():
+            problems.append(f"missing file: {path}")
+    for p in problems:
+        print(f"sagews-backend: {p}")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, help="TOML/JSON file ([backend] and [db] tables)")
     ap.add_argument("--port", type=int)
     ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO (access log), WARNING, ...")
+    ap.add_argument("--check", action="store_true", help="check the config file and exit (0: usable)")
     a = ap.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, a.log_level.upper(), logging.INFO),
@@ -330,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load(a.config)
     if a.port is not None:
         cfg.port = a.port
+    if a.check:
+        return check(cfg)
     try:
         import uvloop  # ~25 % less latency per hop (docs/benchmarks.md, worker section)
 

@@ -35,6 +35,11 @@ def admin(argv: list[str]) -> int:
     c = sub.add_parser("create-account", help="create an account (password from stdin or prompt)")
     c.add_argument("name")
     c.add_argument("--admin", action="store_true", help="give the account the admin role")
+    c.add_argument(
+        "--exists-ok",
+        action="store_true",
+        help="succeed without changes when the account exists (its password is left alone)",
+    )
     r = sub.add_parser("reset-password", help="set a new password and revoke every session of the account")
     r.add_argument("name")
     sub.add_parser("list-workspaces", help="every workspace (JSON lines)")
@@ -47,6 +52,16 @@ def admin(argv: list[str]) -> int:
     lim.add_argument("--storage-mb", help="max stored bundle MB of its workspaces (integer, 'default')")
     pg = sub.add_parser("purge-deleted", help="purge workspaces deleted more than --days ago")
     pg.add_argument("--days", type=float, default=30.0)
+    dr = sub.add_parser(
+        "drain-worker",
+        help="stop placing workspaces on a worker; backends save and move its idle workspaces elsewhere",
+    )
+    dr.add_argument("worker", help="worker address[:port] (as registered) or id")
+    dr.add_argument(
+        "--wait", type=float, default=0, metavar="SECONDS", help="wait until no workspace is open there"
+    )
+    un = sub.add_parser("undrain-worker", help="let a drained worker take new workspaces again")
+    un.add_argument("worker", help="worker address[:port] or id")
     a = ap.parse_args(argv)
 
     def password() -> str:
@@ -59,6 +74,10 @@ def admin(argv: list[str]) -> int:
         if a.cmd == "create-account":
             name = accounts.check_username(a.name)
             pw = accounts.check_password(password())
+            found = db.transaction(accounts.find_login, name) if a.exists_ok else None
+            if found is not None:
+                print(json.dumps({**found[0].to_dict(), "existed": True}))
+                return 0
             user = db.transaction(accounts.create_account, name, accounts.hash_password(pw), a.admin)
             print(json.dumps(user.to_dict()))
         elif a.cmd == "reset-password":
@@ -86,6 +105,8 @@ def admin(argv: list[str]) -> int:
             while n := db.transaction(db_purge, before):
                 total += n
             print(f"purged {total} workspace(s) deleted before {before.isoformat()}")
+        elif a.cmd in ("drain-worker", "undrain-worker"):
+            return _drain_worker(db, a.worker, a.cmd == "drain-worker", getattr(a, "wait", 0))
     except (accounts.AccountError, Exception) as exc:
         code = getattr(exc, "code", type(exc).__name__)
         print(f"sagews admin: {code}: {getattr(exc, 'message', exc)}", file=sys.stderr)
@@ -119,6 +140,48 @@ def _limits(db: Database, a: argparse.Namespace) -> None:
     d = load(a.config) if a.config else BackendConfig()
     print(json.dumps({"account": a.name, **db.transaction(db_usage, account_id, d.max_open_workspaces,
                                                            d.max_stored_mb << 20)}))  # fmt: skip
+
+
+def _drain_worker(db: Database, ref: str, drain: bool, wait: float) -> int:
+    """Mark a worker draining (or up again); with ``wait``, poll until the backends report it empty."""
+    import time
+
+    from sagews.backend.workers import list_workers
+    from sagews.db.models import Worker, WorkerState
+
+    def matches(row: dict[str, Any]) -> bool:
+        host, _, port = ref.partition(":")
+        if ref.isdigit():
+            return int(ref) == row["id"]
+        return row["address"] == host and (not port or int(port) == row["port"])
+
+    def mark(s: Any) -> list[dict[str, Any]]:
+        rows = [r for r in list_workers(s) if matches(r)]
+        for r in rows:
+            w = s.get(Worker, r["id"])
+            if drain:
+                w.state = WorkerState.draining
+            elif w.state == WorkerState.draining:
+                w.state = WorkerState.down  # the next heartbeat of a backend marks it up
+        return rows
+
+    rows = db.transaction(mark)
+    if not rows:
+        print(f"sagews admin: not_found: no registered worker matches {ref!r}", file=sys.stderr)
+        return 1
+    ids = {r["id"] for r in rows}
+    print(json.dumps({"workers": sorted(ids), "draining": drain}))
+    deadline = time.monotonic() + wait
+    while drain and wait > 0:
+        left = [r for r in db.transaction(list_workers) if r["id"] in ids and r["load"] > 0]
+        if not left:
+            print(json.dumps({"empty": sorted(ids)}))
+            return 0
+        if time.monotonic() > deadline:
+            print(f"sagews admin: timeout: workspaces still open on {sorted(ids)}", file=sys.stderr)
+            return 3
+        time.sleep(1)
+    return 0
 
 
 def backend(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sagews.db.config import DBConfig
+from sagews.db.config import DBConfig, env_url
 from sagews.db.config import from_dict as db_from_dict
 
 
@@ -80,6 +80,7 @@ class BackendConfig:
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     )
     xheaders: bool = False  # trust X-Forwarded-For / X-Real-Ip (only behind HAProxy)
+    shutdown_grace_seconds: float = 10.0  # SIGTERM: requests in flight may finish for this long
     logging: dict[str, Any] = field(default_factory=dict)  # a [logging] ClientConfig table (log server)
     db: DBConfig = field(default_factory=DBConfig)
 
@@ -98,12 +99,13 @@ def from_dict(data: dict[str, Any]) -> BackendConfig:
     cfg = BackendConfig(**data)
     if isinstance(db, dict):
         cfg.db = db_from_dict(db)
+    cfg.db.url = env_url() or cfg.db.url
     return cfg
 
 
 def load(path: str | Path | None) -> BackendConfig:
     if path is None:
-        return BackendConfig()
+        return from_dict({})
     p = Path(path)
     text = p.read_text()
-    return from_dict(tomllib.loads(text) if p.suffix == ".toml" else json.loads(text))
+    return from_dict(json.loads(text) if p.suffix == ".json" else tomllib.loads(text))

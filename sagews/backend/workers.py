@@ -16,7 +16,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -257,7 +257,9 @@ class WorkerPool:
         self.links: dict[int, WorkerLink] = {}
         self.on_unsolicited: Callable[[WorkerLink, dict[str, Any]], None] | None = None
         self.on_down: Callable[[WorkerLink], None] | None = None
+        self.on_beat: Callable[[], Awaitable[Any]] | None = None  # after each heartbeat round
         self._task: asyncio.Task[None] | None = None
+        self._beating: asyncio.Future[None] | None = None
         self.placed: dict[int, int] = {}  # worker id -> workspaces this backend placed since the last beat
 
     async def load_from_db(self) -> None:
@@ -298,6 +300,14 @@ class WorkerPool:
             )
             if not ok and self.on_down is not None:
                 self.on_down(link)
+        if self.on_beat is not None and any(link.draining for link in links):
+            await self.on_beat()
+
+    async def beat_now(self) -> None:
+        """A heartbeat round now, shared by every caller that asks while one is running."""
+        if self._beating is None or self._beating.done():
+            self._beating = asyncio.ensure_future(self.beat_once())
+        await asyncio.shield(self._beating)
 
     async def run(self, interval: float) -> None:
         while True:

@@ -561,7 +561,13 @@ class Workspaces:
             tried: set[int] = set()
             for _ in range(4):
                 link = self.pool.links.get(m["worker_id"]) if m["worker_id"] is not None else None
-                if link is None or not link.healthy or link.id in tried:
+                if link is None or not link.healthy or link.draining or link.id in tried:
+                    link = self.pool.pick(exclude=tried)
+                if link is None and not tried:
+                    # none healthy at the last heartbeat (e.g. a worker restarting): look again now
+                    # instead of failing until the next one
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.pool.beat_now(), 10)
                     link = self.pool.pick(exclude=tried)
                 if link is None:
                     raise WorkspaceError("no_worker", "No compute worker is available; try again soon", 503)
@@ -856,6 +862,29 @@ class Workspaces:
             except Exception:
                 log.exception("purge of deleted workspaces failed")
             await asyncio.sleep(interval)
+
+    async def move_off_draining(self) -> int:
+        """Workspaces open on a worker an operator is draining (``sagews admin drain-worker``): save and
+        close each one that computes nothing (on any backend: the worker's status says), so its next
+        request reopens it on another worker from that save. Returns how many were moved."""
+        moved = 0
+        for ws_id, ow in list(self.open.items()):
+            link = ow.link
+            if not link.draining or ow.running:
+                continue
+            busy = {
+                str(e.get("session"))
+                for e in link.status.get("session_list", [])
+                if isinstance(e, dict) and e.get("running")
+            }
+            if ow.session in busy:
+                continue
+            try:
+                await self.close(ws_id)
+                moved += 1
+            except (WorkspaceError, WorkerUnavailable) as exc:
+                log.warning("moving %s off draining worker %s: %s", ws_id, link.id, exc)
+        return moved
 
     async def run_housekeeping(self, interval: float, idle_close: float) -> None:
         while True:

@@ -40,20 +40,22 @@ def from_dict(data: dict[str, Any]) -> DBConfig:
     return DBConfig(**data)
 
 
+def env_url() -> str | None:
+    """$SAGEWS_DB_URL: how a deployed service learns its database (the roles write it to
+    /etc/sagews/database.env, read by the units' EnvironmentFile=). It wins over a config file's url."""
+    return os.environ.get(URL_ENV) or None
+
+
 def load(path: str | Path | None = None, *, url: str | None = None) -> DBConfig:
     """Defaults < ``[db]`` table of a TOML/JSON file < $SAGEWS_DB_URL < ``url``."""
     cfg = DBConfig()
     if path is not None:
         p = Path(path)
         data: dict[str, Any] = (
-            tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+            json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
         )
         if isinstance(data.get("db"), dict):
             data = data["db"]
         cfg = from_dict(data)
-    env = os.environ.get(URL_ENV)
-    if env:
-        cfg.url = env
-    if url:
-        cfg.url = url
+    cfg.url = url or env_url() or cfg.url
     return cfg

@@ -73,6 +73,8 @@ def make_engine(cfg: DBConfig | str, **overrides: Any) -> Engine:
             )
     else:
         connect_args = pg_connect_args(cfg) if url.get_backend_name() == "postgresql" else {}
+        # what the URL says itself (a deployment's multi-host URL with its own timeout, TLS) wins
+        connect_args = {k: v for k, v in connect_args.items() if k not in url.query}
         kwargs.update(
             pool_size=cfg.pool_size,
             max_overflow=cfg.max_overflow,

@@ -13,9 +13,10 @@ from typing import Any
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 6200
-    cert: str = "/etc/sagews/pki/logserver.pem"
-    key: str = "/etc/sagews/pki/logserver.key"
-    ca: str = "/etc/sagews/pki/ca.pem"
+    # the host's certificate from the pki role, and the appliance CA
+    cert: str = "/etc/ssl/sagews/server.crt"
+    key: str = "/etc/ssl/sagews/server.key"
+    ca: str = "/etc/ssl/sagews/ca.crt"
     allowed_clients: list[str] = field(default_factory=list)  # certificate CNs; empty: any cert from the CA
     db: dict[str, Any] = field(default_factory=dict)  # a DBConfig table (url, pool_size, ...)
     db_connections: int = 2  # the writer uses at most this many connections
@@ -36,9 +37,9 @@ class ServerConfig:
 @dataclass
 class ClientConfig:
     servers: list[str] = field(default_factory=list)  # "host:port", primary first, then failovers
-    cert: str | None = None
+    cert: str | None = None  # e.g. /etc/ssl/sagews/logserver-client.crt (pki role)
     key: str | None = None
-    ca: str = "/etc/sagews/pki/ca.pem"
+    ca: str = "/etc/ssl/sagews/ca.crt"
     spool_dir: str = "/var/lib/sagews/logspool"
     spool_max_mb: float = 256
     queue_max: int = 100_000  # records waiting in memory; beyond: dropped and counted
@@ -55,7 +56,7 @@ def _load(cls: type, path: str | Path | None, table: str) -> Any:
     if path is None:
         return cls()
     p = Path(path)
-    data: dict[str, Any] = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+    data: dict[str, Any] = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
     if isinstance(data.get(table), dict):
         data = data[table]
     unknown = set(data) - {f.name for f in fields(cls)}
@@ -72,3 +73,12 @@ def load_server(path: str | Path | None) -> ServerConfig:
 def load_client(path: str | Path | None) -> ClientConfig:
     result: ClientConfig = _load(ClientConfig, path, "logging")
     return result
+
+
+def load_own_logging(path: str | Path | None) -> ClientConfig | None:
+    """The ``[logging]`` table of a log server's own config file (where its own records go), if any."""
+    if path is None:
+        return None
+    p = Path(path)
+    data: dict[str, Any] = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
+    return load_client(path) if isinstance(data.get("logging"), dict) else None

@@ -15,18 +15,19 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import os
 import signal
 import socket
 import ssl
 import sys
 from typing import Any
 
-from sagews import framing, tls
-from sagews.db.config import DBConfig
+from sagews import framing, sdnotify, tls
+from sagews.db.config import DBConfig, env_url
 from sagews.db.engine import make_engine
 from sagews.logserver import records as rec
 from sagews.logserver import store
-from sagews.logserver.config import ServerConfig, load_server
+from sagews.logserver.config import ServerConfig, load_own_logging, load_server
 from sagews.logserver.spool import Spool
 
 log = logging.getLogger("sagews.logserver")
@@ -307,6 +308,8 @@ async def serve(cfg: ServerConfig) -> None:
     server = LogServer(cfg)
     await server.start()
     print(f"sagews-logserver listening on {cfg.host}:{server.port}", flush=True)
+    log.info("sagews-logserver listening on %s:%d", cfg.host, server.port)
+    sdnotify.ready(f"serving on {cfg.host}:{server.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -315,27 +318,56 @@ async def serve(cfg: ServerConfig) -> None:
     await server.stop()
 
 
+def apply_db_url(cfg: ServerConfig, cli_url: str | None = None) -> None:
+    """The database URL: --db-url, else $SAGEWS_DB_URL (deployments: /etc/sagews/database.env), else the
+    config file's [logserver.db] url."""
+    url = cli_url or env_url()
+    if url:
+        cfg.db["url"] = url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sagews-logserver", description="sagews log server")
     parser.add_argument("--config", help="TOML/JSON file with a [logserver] table")
     parser.add_argument("--port", type=int)
     parser.add_argument("--db-url")
+    parser.add_argument("--check", action="store_true", help="check the config file and exit (0: usable)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_server(args.config)
+    if args.check:
+        client = load_own_logging(args.config)
+        files = [cfg.cert, cfg.key, cfg.ca] + ([client.cert, client.key, client.ca] if client else [])
+        missing = [f for f in files if f and not os.path.isfile(f)]
+        for f in missing:
+            print(f"sagews-logserver: missing file: {f}")
+        return 1 if missing else 0
     if args.port is not None:
         cfg.port = args.port
-    if args.db_url:
-        cfg.db["url"] = args.db_url
+    apply_db_url(cfg, args.db_url)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = None
+    client = load_own_logging(args.config)
+    if client is not None and client.servers:
+        # its own records go through the log servers too (itself first, then the others): they land in
+        # the same table as everyone else's. Nothing here logs per stored batch (a record per batch
+        # would make the next batch): only start-up, spooling and database outages are logged.
+        from sagews.logserver.client import install
+
+        handler = install(client, "logserver")
     try:
         import uvloop  # the read/ack path is loop-bound: uvloop cuts its cost (docs/benchmarks.md)
     except ImportError:
         uvloop = None
-    with contextlib.suppress(KeyboardInterrupt):
-        if uvloop is not None:
-            uvloop.run(serve(cfg))
-        else:
-            asyncio.run(serve(cfg))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            if uvloop is not None:
+                uvloop.run(serve(cfg))
+            else:
+                asyncio.run(serve(cfg))
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return 0
 
 

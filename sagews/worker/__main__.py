@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from sagews.worker.config import load
@@ -16,19 +17,41 @@ def serve_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sagews worker", description="run the sagews compute worker (as root)")
     p.add_argument("--config", help="TOML or JSON configuration file (defaults otherwise)")
     p.add_argument("--port", type=int, help="override the configured port (0: any free port)")
+    p.add_argument("--check", action="store_true", help="check the config file and exit (0: usable)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load(args.config)
+    if args.check:
+        missing = [f for f in (config.cert, config.key, config.ca) if not Path(f).is_file()]
+        for f in missing:
+            print(f"sagews-worker: missing file: {f}")
+        return 1 if missing else 0
     if args.port is not None:
         config.port = args.port
+    from sagews import sdnotify
     from sagews.worker.server import serve
 
+    handler = None
+    if config.logging.get("servers"):
+        from sagews.logserver.client import install
+        from sagews.logserver.config import ClientConfig
+
+        handler = install(ClientConfig(**config.logging), "worker")
+
+    def ready(port: int) -> None:
+        sdnotify.ready(f"serving on {config.host}:{port}")
+
     try:
-        import uvloop
-    except ImportError:  # optional: about 25 % less latency per hop
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+        try:
+            import uvloop
+        except ImportError:  # optional: about 25 % less latency per hop
+            asyncio.run(serve(config, ready))
+        else:
+            uvloop.run(serve(config, ready))
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return 0
 
 

@@ -33,12 +33,13 @@ class Limits:
 class WorkerConfig:
     host: str = "127.0.0.1"
     port: int = 6100
-    cert: str = "/etc/sagews/pki/worker.pem"
-    key: str = "/etc/sagews/pki/worker.key"
-    ca: str = "/etc/sagews/pki/ca.pem"
-    workspaces_dir: str = "/var/lib/sagews/workspaces"
-    state_dir: str = "/var/lib/sagews/worker"
-    tmp_dir: str = "/var/lib/sagews/tmp"
+    # the worker's certificate from the pki role (server + client auth; key root-only), and the CA
+    cert: str = "/etc/ssl/sagews/worker.crt"
+    key: str = "/etc/ssl/sagews/worker.key"
+    ca: str = "/etc/ssl/sagews/ca.crt"
+    workspaces_dir: str = "/var/lib/sagews-worker/workspaces"
+    state_dir: str = "/var/lib/sagews-worker/state"
+    tmp_dir: str = "/var/lib/sagews-worker/tmp"
     max_frame: int = 16 * 1024 * 1024
     user_prefix: str = "sagews_worker_"
     user_pool_size: int = 64
@@ -56,6 +57,7 @@ class WorkerConfig:
     cgroup_memory_mb: int = 1024
     shutdown_grace_seconds: float = 10.0
     limits: Limits = field(default_factory=Limits)
+    logging: dict[str, Any] = field(default_factory=dict)  # a [logging] ClientConfig table (log server)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +84,7 @@ def load(path: str | Path | None) -> WorkerConfig:
     if path is None:
         return WorkerConfig()
     p = Path(path)
-    data: dict[str, Any] = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+    data: dict[str, Any] = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
     if "worker" in data and isinstance(data["worker"], dict):
-        data = data["worker"]
+        data = {**data["worker"], **({"logging": data["logging"]} if "logging" in data else {})}
     return from_dict(data)

@@ -46,11 +46,13 @@ async def wait_until(cond: Callable[[], Any], timeout: float = 20, what: str = "
 class HttpUser:
     """An HTTP client with a cookie jar that sends X-XSRFToken like static/js/protocol.js."""
 
-    def __init__(self, base: str, ip: str | None = None) -> None:
+    def __init__(self, base: str, ip: str | None = None, ca: str | None = None) -> None:
         self.base = base
         self.cookies: dict[str, str] = {}
         self.http = tornado.httpclient.AsyncHTTPClient()
         self.ip = ip  # sent as X-Forwarded-For (a backend with xheaders takes it as the client address)
+        # https: verify the server against this CA (the appliance's), as a browser that imported it would
+        self.tls: dict[str, Any] = {"ca_certs": ca, "validate_cert": True} if ca else {}
 
     def cookie_header(self) -> str:
         return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -67,7 +69,13 @@ class HttpUser:
         if method in ("POST", "PUT") and data is None:
             data = b"{}"
         resp = await self.http.fetch(
-            self.base + path, method=method, body=data, headers=headers, raise_error=False, request_timeout=60
+            self.base + path,
+            method=method,
+            body=data,
+            headers=headers,
+            raise_error=False,
+            request_timeout=60,
+            **self.tls,
         )
         for h in resp.headers.get_list("Set-Cookie"):
             c = SimpleCookie()
@@ -120,7 +128,7 @@ class SockClient:
         headers = {"Cookie": self.user.cookie_header()}
         if self.transport == "websocket":
             url = self.user.base.replace("http", "ws", 1) + self.path + "/websocket"
-            req = tornado.httpclient.HTTPRequest(url, headers=headers)
+            req = tornado.httpclient.HTTPRequest(url, headers=headers, **self.user.tls)
             self.ws = await tornado.websocket.websocket_connect(req)
             self._task = asyncio.ensure_future(self._ws_loop())
         else:
@@ -131,6 +139,7 @@ class SockClient:
                 headers=headers,
                 streaming_callback=self._on_chunk,
                 request_timeout=300,
+                **self.user.tls,
             )
             self._task = asyncio.ensure_future(self.user.http.fetch(req, raise_error=False))
         await asyncio.wait_for(self.opened.wait(), 20)
@@ -192,6 +201,7 @@ class SockClient:
                 method="POST",
                 body=payload.encode(),
                 raise_error=False,
+                **self.user.tls,
             )
             assert r.code in (200, 204), r.code
 

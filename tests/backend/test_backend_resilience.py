@@ -159,7 +159,10 @@ async def test_database_down_gives_503_then_recovers(backend: Backend, postgres:
         await backend.app.cache.delete(f"ws:{ws}")  # force DB reads
         postgres.stop()
         backend.app.last_db_ok = 0
-        code, body = await u.req("GET", "/healthz")
+        # liveness stays up (HAProxy keeps routing to this backend, which answers db_unavailable) ...
+        assert await u.req("GET", "/healthz") == (200, b"ok\n")
+        # ... while readiness tells the operator what is wrong
+        code, body = await u.req("GET", "/readyz")
         assert code == 503 and b"database" in body
         code, body = await u.req("GET", "/api/workspaces")
         assert code == 503 and body["code"] == "db_unavailable"
@@ -170,6 +173,6 @@ async def test_database_down_gives_503_then_recovers(backend: Backend, postgres:
             postgres.start()
     assert (await u.req("GET", "/api/workspaces"))[0] == 200  # pool_pre_ping: no stale connection errors
     backend.app.last_db_ok = 0
-    assert (await u.req("GET", "/healthz"))[0] == 200
+    assert await u.req("GET", "/readyz") == (200, b"ready\n")
     assert (await c.request({"type": "read", "session": ws, "path": "x"}))["code"] == "not_found"
     await c.close()

@@ -2,7 +2,13 @@
 # Build the local systemd base image that every Molecule scenario starts from.
 # No registry is reachable, so the image is made with debootstrap and `docker import`.
 # It is rebuilt only when this recipe changes: the tag is a hash of this file.
+# --print-tag: print only the image tag on stdout (progress goes to stderr).
 set -euo pipefail
+if [ "${1:-}" = --print-tag ]; then
+  exec 3>&1 1>&2
+else
+  exec 3>/dev/null
+fi
 
 IMAGE=${SAGEWS_BASE_IMAGE_NAME:-sagews-base}
 SUITE=bookworm
@@ -16,6 +22,7 @@ tag="$IMAGE:$recipe_hash"
 if docker image inspect "$tag" >/dev/null 2>&1; then
   docker tag "$tag" "$IMAGE:latest"
   echo "base image $tag is up to date"
+  echo "$tag" >&3
   exit 0
 fi
 
@@ -38,3 +45,4 @@ tar -C "$rootfs" -c . | docker import \
   --change 'ENV container=docker' - "$tag" >/dev/null
 docker tag "$tag" "$IMAGE:latest"
 echo "built $tag"
+echo "$tag" >&3

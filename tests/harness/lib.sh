@@ -32,14 +32,17 @@ venv_ensure() {
   local extras=${1:-}
   local stamp="$VENV/.sagews-stamp"
   local want
-  want=$(cat "$SAGEWS_ROOT/requirements/dev.txt" "$SAGEWS_ROOT/pyproject.toml" | sha256sum | cut -c1-16)"-$extras"
+  want=$(cat "$SAGEWS_ROOT"/requirements/{dev,runtime,runtime-sage}.txt "$SAGEWS_ROOT/pyproject.toml" \
+    | sha256sum | cut -c1-16)"-$extras"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     echo "venv: up to date ($VENV)"
     return 0
   fi
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$SAGEWS_ROOT/requirements/dev.txt"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$SAGEWS_ROOT${extras:+[$extras]}"
+  # the app's own dependencies at the versions the servers get (requirements/runtime*.txt)
+  "$VENV/bin/pip" install -q --disable-pip-version-check -c "$SAGEWS_ROOT/requirements/runtime-sage.txt" \
+    -e "$SAGEWS_ROOT${extras:+[$extras]}"
   echo "$want" > "$stamp"
   echo "venv: installed ($VENV)"
 }
@@ -65,4 +68,9 @@ docker_ensure() {
 static_build() {
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   bash "$SAGEWS_ROOT/static/build.sh"
+}
+
+# The tag of the local systemd base image (tests/harness/base-image.sh): a hash of its recipe.
+base_image_tag() {
+  echo "${SAGEWS_BASE_IMAGE_NAME:-sagews-base}:$(sha256sum "$SAGEWS_ROOT/tests/harness/base-image.sh" | cut -c1-12)"
 }

@@ -79,7 +79,9 @@ for step in $SETUP; do
     image) run_stage setup:base-image base_image ;;
   esac || { print_table; echo "setup failed: stopping"; exit 1; }
 done
-export SAGEWS_BASE_IMAGE=sagews-base:latest
+# The exact tag, not :latest (another checkout on this machine may retag :latest meanwhile).
+SAGEWS_BASE_IMAGE=$(base_image_tag)
+export SAGEWS_BASE_IMAGE
 
 for stage in $STAGES; do
   case $stage in

@@ -160,14 +160,6 @@ def test_replication_is_synchronous_streaming_through_a_slot(host, before):
         assert "role=replica receiver=streaming" in out.stdout
 
 
-def test_services_are_pointed_at_the_primary(host, before):
-    if name(host) != "pg-replica":
-        pytest.skip("database.env is written on backends (pg-replica)")
-    env = host.file("/etc/sagews/database.env")
-    assert env.mode == 0o640 and env.group == "sagews"
-    assert f"SAGEWS_DB_HOST={PRIMARY}\n" in env.content_string
-
-
 # --- after the failover ----------------------------------------------------------------------
 
 
@@ -197,12 +189,6 @@ def test_the_new_primary_streams_to_the_rejoined_host(host, after):
     out = host.run("sagews-pg-lag")
     assert out.rc == 0, out.stdout + out.stderr
     assert "replica=pg_primary state=streaming" in out.stdout
-
-
-def test_services_are_repointed_to_the_new_primary(host, after):
-    if name(host) != "pg-replica":
-        pytest.skip("database.env is written on backends (pg-replica)")
-    assert f"SAGEWS_DB_HOST={REPLICA}\n" in host.file("/etc/sagews/database.env").content_string
 
 
 def test_promotion_time_is_recorded(after):

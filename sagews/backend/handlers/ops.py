@@ -1,4 +1,5 @@
-"""Operations: /healthz (cheap: DB reachable, at least one healthy worker) and /metrics (Prometheus)."""
+"""Operations: /healthz (liveness, for the load balancers), /readyz (readiness: DB, workers, cache) and
+/metrics (Prometheus, monitoring networks only)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,36 @@ def _ping(s: Session) -> None:
 
 
 class HealthHandler(BaseHandler):
+    """Liveness for the load balancers: 200 while this process serves requests, 503 once it is shutting
+    down (so HAProxy takes it out before it closes its sockets). It never looks at the database or the
+    workers: a brief DB or worker outage must not take every backend out of the pool at once (clients
+    then get a clear ``db_unavailable`` / ``no_worker`` from a live backend instead of HAProxy's 503)."""
+
+    async def prepare(self) -> None:
+        self.current_user = None
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        if self.backend.stopping:
+            self.set_status(503)
+            self.finish("shutting down\n")
+        else:
+            self.finish("ok\n")
+
+
+class ReadyHandler(BaseHandler):
+    """Readiness for operators and monitoring: the database answers, at least one worker is healthy,
+    memcached (when configured) answers. 200 ``ready`` or 503 with one line per problem."""
+
     async def prepare(self) -> None:
         self.current_user = None
 
     async def get(self) -> None:
         app = self.backend
         problems = []
+        if app.stopping:
+            problems.append("shutting down")
         now = time.monotonic()
         if now - app.last_db_ok > 2:  # at most one DB round trip per 2 s, however often probed
             try:
@@ -31,13 +56,15 @@ class HealthHandler(BaseHandler):
                 problems.append(f"database: {type(exc).__name__}")
         if not app.pool.healthy():
             problems.append("no healthy worker")
+        if app.cache.enabled and not await app.cache.probe():
+            problems.append("memcached: no server answers")
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
         if problems:
             self.set_status(503)
-            self.finish("; ".join(problems) + "\n")
+            self.finish("\n".join(problems) + "\n")
         else:
-            self.finish("ok\n")
+            self.finish("ready\n")
 
 
 class MetricsHandler(BaseHandler):
@@ -126,6 +153,7 @@ class ApiNotFoundHandler(ApiHandler):
 
 routes = [
     (r"/healthz", HealthHandler),
+    (r"/readyz", ReadyHandler),
     (r"/metrics", MetricsHandler),
 ]
 page_routes = [(r"/(pub/[^/]+)?", PageHandler)]

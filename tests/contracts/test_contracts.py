@@ -1,0 +1,231 @@
+"""The contracts between the code and the Ansible roles, each checked across the boundary.
+
+Every value below is defined once: the code owns it (a default, a route prefix, an env variable) and
+playbooks/vars/sagews.yml or a role renders what the code reads. These tests render the roles' real
+templates with Ansible's own templating and feed the result to the code's real config loaders, so a
+port, path, prefix or variable name that drifts on either side fails here, before any deployment.
+The Molecule scenarios then check the same contracts on running services.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sagews.backend import config as backend_config
+from sagews.backend.app import SOCKJS_PREFIX
+from sagews.backend.handlers.ops import PageHandler
+from sagews.db.config import URL_ENV
+from sagews.logserver import config as logserver_config
+from sagews.worker import config as worker_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def yaml_file(rel: str) -> Any:
+    return yaml.safe_load((ROOT / rel).read_text())
+
+
+def render(template: str, variables: dict[str, Any]) -> str:
+    """A role template rendered by Ansible's templating, as the template module would."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    templar = Templar(loader=DataLoader(), variables={"ansible_managed": "Ansible managed", **variables})
+    return str(templar.template(trust_as_template((ROOT / template).read_text())))
+
+
+def role_vars(role: str, **overrides: Any) -> dict[str, Any]:
+    values = dict(yaml_file(f"roles/{role}/defaults/main.yml"))
+    vars_file = ROOT / f"roles/{role}/vars/main.yml"
+    if vars_file.exists():
+        values.update(yaml.safe_load(vars_file.read_text()) or {})
+    values.update(overrides)
+    return values
+
+
+APPLIANCE = yaml_file("playbooks/vars/sagews.yml")
+
+
+def test_the_load_balancers_stick_sockjs_sessions_where_the_backend_and_the_client_serve_them():
+    assert APPLIANCE["sagews_sockjs_prefix"] == SOCKJS_PREFIX
+    assert yaml_file("roles/haproxy/defaults/main.yml")["haproxy_sockjs_prefixes"] == [SOCKJS_PREFIX]
+    client = (ROOT / "static/js/protocol.js").read_text()
+    assert re.search(r'this\.url = url \|\| "' + re.escape(SOCKJS_PREFIX) + '"', client)
+    cfg = render(
+        "roles/haproxy/templates/haproxy.cfg.j2",
+        role_vars(
+            "haproxy",
+            haproxy_sockjs_prefixes=[APPLIANCE["sagews_sockjs_prefix"]],
+            haproxy_backend_servers=[{"name": "b1", "address": "10.0.1.1"}],
+            __haproxy_stats_pw="x",
+            inventory_hostname="lb1",
+        ),
+    )
+    # stick on the session id: /sockjs/<server>/<session>/<transport> -> field 4 of the path
+    stick = re.search(r"acl (sockjs_\d+) path_reg (\S+)\n\s+stick on path,field\((\d+),/\) if \1", cfg)
+    assert stick, cfg
+    path = f"{SOCKJS_PREFIX}/123/sessionid/xhr_streaming"
+    assert re.match(stick.group(2), path)
+    assert path.split("/")[int(stick.group(3)) - 1] == "sessionid"
+
+
+def test_the_load_balancers_talk_tls_to_the_port_the_backend_listens_on():
+    port = backend_config.BackendConfig().port
+    assert APPLIANCE["sagews_backend_port"] == port
+    assert yaml_file("roles/haproxy/defaults/main.yml")["haproxy_backend_port"] == port
+    assert yaml_file("roles/sagews_backend/defaults/main.yml")["sagews_backend_port"] == port
+    cfg = render(
+        "roles/haproxy/templates/haproxy.cfg.j2",
+        role_vars(
+            "haproxy",
+            haproxy_backend_servers=[{"name": "b1", "address": "10.0.1.1"}],
+            haproxy_backend_verifyhost=APPLIANCE["sagews_backend_tls_name"],
+            __haproxy_stats_pw="x",
+            inventory_hostname="lb1",
+        ),
+    )
+    line = next(ln for ln in cfg.splitlines() if ln.strip().startswith("server b1 "))
+    assert f"10.0.1.1:{port} " in line
+    assert " ssl verify required ca-file /etc/ssl/sagews/ca.crt" in line
+    assert f"verifyhost {APPLIANCE['sagews_backend_tls_name']}" in line
+    # and the backends' certificates carry that name (playbooks/pki.yml)
+    pki = (ROOT / "playbooks/pki.yml").read_text()
+    assert 'name: server, type: server, extra_sans: ["{{ sagews_backend_tls_name }}"]' in pki
+
+
+def pki_installed(name: str) -> str:
+    install_dir = yaml_file("roles/pki/defaults/main.yml")["pki_install_dir"]
+    return f"{install_dir}/{name}"
+
+
+def pki_names_for(group: str) -> set[str]:
+    plays = yaml_file("playbooks/pki.yml")
+    certs = plays[0]["vars"]["sagews_pki_certs_by_group"][group]
+    return {c["name"] for c in certs}
+
+
+def test_the_services_default_to_the_certificates_the_pki_role_installs():
+    w = worker_config.WorkerConfig()
+    assert (w.cert, w.key, w.ca) == tuple(pki_installed(n) for n in ("worker.crt", "worker.key", "ca.crt"))
+    s = logserver_config.ServerConfig()
+    assert (s.cert, s.key, s.ca) == tuple(pki_installed(n) for n in ("server.crt", "server.key", "ca.crt"))
+    assert logserver_config.ClientConfig().ca == pki_installed("ca.crt")
+    # each client certificate a role points at is issued to the group that runs the role
+    for role, var, group in [
+        ("sagews_backend", "sagews_backend_worker_cert", "backends"),
+        ("sagews_backend", "sagews_backend_log_cert", "backends"),
+        ("sagews_worker", "sagews_worker_log_cert", "workers"),
+        ("sagews_logserver", "sagews_logserver_client_cert", "logservers"),
+        ("sagews_worker", "sagews_worker_tls_cert", "workers"),
+        ("sagews_backend", "sagews_backend_tls_cert", "backends"),
+    ]:
+        path = role_vars(role)[var]
+        assert path.startswith(pki_installed("")), (role, var)
+        assert Path(path).stem in pki_names_for(group), (role, var, group)
+
+
+def test_the_database_settings_the_roles_write_are_what_the_services_read(monkeypatch):
+    url = "postgresql://sagews:pw@/sagews?host=10.0.3.11:5432&host=10.0.3.12:5432&target_session_attrs=read-write"
+    for role in ("sagews_backend", "sagews_logserver"):
+        text = render(f"roles/{role}/templates/database.env.j2", role_vars(role, **{f"{role}_db_url": url}))
+        env = dict(
+            line.split("=", 1) for line in text.splitlines() if line.strip() and not line.startswith("#")
+        )
+        assert set(env) == {URL_ENV}, env
+        value = env[URL_ENV].strip('"')  # systemd's EnvironmentFile= and sh both strip the quotes
+        assert value == url
+        monkeypatch.setenv(URL_ENV, value)
+        if role == "sagews_backend":
+            assert backend_config.load(None).db.url == url
+        else:
+            from sagews.logserver.server import apply_db_url
+
+            cfg = logserver_config.ServerConfig()
+            apply_db_url(cfg)
+            assert cfg.db["url"] == url
+
+
+def _loads(text: str) -> dict[str, Any]:
+    return tomllib.loads(text)
+
+
+@pytest.mark.parametrize("role", ["sagews_worker", "sagews_backend", "sagews_logserver"])
+def test_each_role_renders_a_config_its_service_accepts(role, tmp_path):
+    common = {
+        "ansible_default_ipv4": {"address": "10.0.2.11"},
+        "inventory_hostname": "h1",
+        "sagews_runtime_build": "0.1.0-abc",
+    }
+    if role == "sagews_worker":
+        text = render(
+            "roles/sagews_worker/templates/worker.toml.j2",
+            role_vars(
+                role,
+                sagews_worker_log_servers=["10.0.6.11:6200"],
+                sagews_worker_limits={"processes": 32},
+                **common,
+            ),
+        )
+        path = tmp_path / "worker.toml"
+        path.write_text(text)
+        cfg = worker_config.load(path)
+        assert cfg.port == APPLIANCE["sagews_worker_port"] and cfg.limits.processes == 32
+        assert cfg.logging["servers"] == ["10.0.6.11:6200"]
+    elif role == "sagews_backend":
+        text = render(
+            "roles/sagews_backend/templates/backend.toml.j2",
+            role_vars(
+                role,
+                sagews_backend_cookie_secret="s" * 32,
+                sagews_backend_workers=[{"address": "10.0.2.11", "port": 6100}],
+                sagews_backend_memcached_servers=["10.0.4.11:11211"],
+                sagews_backend_log_servers=["10.0.6.11:6200"],
+                **common,
+            ),
+        )
+        cfg = backend_config.from_dict(_loads(text))
+        assert cfg.port == APPLIANCE["sagews_backend_port"] and cfg.xheaders and cfg.secure_cookies
+        assert [(w.address, w.port) for w in cfg.workers] == [("10.0.2.11", APPLIANCE["sagews_worker_port"])]
+        assert cfg.logging["servers"] == ["10.0.6.11:6200"] and cfg.db.pool_size == 10
+    else:
+        text = render(
+            "roles/sagews_logserver/templates/logserver.toml.j2",
+            role_vars(role, sagews_logserver_own_servers=["10.0.6.11:6200"], **common),
+        )
+        path = tmp_path / "logserver.toml"
+        path.write_text(text)
+        cfg = logserver_config.load_server(path)
+        own = logserver_config.load_own_logging(path)
+        assert cfg.port == APPLIANCE["sagews_logserver_port"] and own is not None and own.servers
+
+
+def test_nginx_serves_the_app_shell_under_the_clients_policy():
+    normalized = " ".join(APPLIANCE["sagews_app_csp"].split())
+    assert normalized == " ".join(PageHandler.CSP.split())
+    assert (
+        " ".join(yaml_file("roles/nginx_static/defaults/main.yml")["nginx_static_app_csp"].split())
+        == normalized
+    )
+
+
+def test_units_restart_when_their_environment_file_changes():
+    """EnvironmentFile= is read at start only: what the env file notifies must restart, never reload."""
+    for role in ("sagews_backend", "sagews_logserver"):
+        tasks = yaml_file(f"roles/{role}/tasks/main.yml")
+        env_task = next(
+            t for t in tasks if t.get("ansible.builtin.template", {}).get("src") == "database.env.j2"
+        )
+        handlers = yaml_file(f"roles/{role}/handlers/main.yml")
+        fired = [h for h in handlers if env_task["notify"] in (h.get("name"), h.get("listen"))]
+        states = {
+            h["ansible.builtin.systemd_service"]["state"]
+            for h in fired
+            if "ansible.builtin.systemd_service" in h
+        }
+        assert states == {"restarted"}, (role, states)
