@@ -72,6 +72,7 @@ from sagews.db.models import Worker, Workspace, WorkspaceBundle  # noqa: E402
 from sagews.devpki import CertPair, DevCA  # noqa: E402
 from sagews.worker.client import WorkerClient  # noqa: E402
 from tests.backend.helpers import HttpUser, SockClient, WorkerProc  # noqa: E402
+from tests.fixtures.dirs import service_dir  # noqa: E402
 from tests.fixtures.postgres import PostgresCluster  # noqa: E402
 
 TARGET_MS = 300.0
@@ -174,7 +175,10 @@ class Bench:
 
     def new_worker(self, prefix: str) -> WorkerProc:
         """A worker process in fresh directories (it has never seen any workspace)."""
-        w = WorkerProc(self.tmp / f"worker{len(self.workers)}", self.pki, prefix)
+        uid_base = 2_801_000 if prefix == "sagews_bd_" else 2_800_000  # one uid range per prefix
+        w = WorkerProc(
+            self.tmp / f"worker{len(self.workers)}", self.pki, {"user_prefix": prefix, "uid_base": uid_base}
+        )
         self.workers.append(w)
         return w
 
@@ -472,7 +476,7 @@ def main() -> int:
         return 2
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     pg = PostgresCluster.launch(settings={})
-    tmp = Path(tempfile.mkdtemp(prefix="sagews-bench-open-", dir="/tmp"))
+    tmp = service_dir("sagews-bench-open-")
     tmp.chmod(0o755)
     mc_port = free_port()
     mc = start_memcached(mc_port)

@@ -21,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from sagews.devpki import DevCA  # noqa: E402
 from sagews.worker.client import WorkerClient  # noqa: E402
+from tests.fixtures.dirs import service_dir  # noqa: E402
 
 
 def pressure() -> str:
@@ -60,6 +60,7 @@ def start_worker(base: Path, engines: list[str]) -> tuple[subprocess.Popen[bytes
         "engines": engines,
         "warm_pool": 2,
         "user_prefix": "sagews_bench_",
+        "uid_base": 2_900_000,
     }
     (base / "worker.json").write_text(json.dumps(cfg))
     proc = subprocess.Popen(
@@ -89,7 +90,7 @@ def main() -> int:
     ap.add_argument("--opens", type=int, default=20, help="session opens per engine")
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md (Worker section)")
     args = ap.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="sagews-bench-", dir="/tmp"))
+    base = service_dir("sagews-bench-")
     base.chmod(0o755)
     (base / "pki").mkdir(mode=0o755)
     try:

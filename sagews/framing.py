@@ -38,8 +38,10 @@ def frame_bytes(body: bytes) -> bytes:
 def decode_body(body: bytes) -> dict[str, Any]:
     try:
         message = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError("bad_json", f"frame is not valid UTF-8 JSON: {exc}") from None
+    except ValueError as exc:  # not UTF-8, not JSON, an integer of more than 4,300 digits
+        raise FrameError("bad_json", f"frame is not valid UTF-8 JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise FrameError("bad_json", "frame is nested too deeply") from None
     if not isinstance(message, dict):
         raise FrameError("bad_message", "a frame must hold a JSON object")
     return message

@@ -11,14 +11,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 rm -rf vendor.tmp
-mkdir -p vendor.tmp/codemirror/mode vendor.tmp/codemirror/addon vendor.tmp/katex vendor.tmp/sockjs
+mkdir -p vendor.tmp/codemirror/mode vendor.tmp/codemirror/addon vendor.tmp/katex vendor.tmp/sockjs \
+  vendor.tmp/markdown-it vendor.tmp/dompurify
 cp node_modules/sockjs-client/dist/sockjs.min.js vendor.tmp/sockjs/
 cp node_modules/codemirror/lib/codemirror.js node_modules/codemirror/lib/codemirror.css vendor.tmp/codemirror/
-cp -r node_modules/codemirror/mode/python vendor.tmp/codemirror/mode/
+# python: code cells; markdown, htmlmixed (+ the xml, javascript, css modes it nests): text cells
+for m in python markdown xml htmlmixed javascript css; do cp -r node_modules/codemirror/mode/$m vendor.tmp/codemirror/mode/; done
 cp node_modules/codemirror/addon/edit/matchbrackets.js vendor.tmp/codemirror/addon/
 cp node_modules/katex/dist/katex.min.js node_modules/katex/dist/katex.min.css vendor.tmp/katex/
 cp -r node_modules/katex/dist/fonts vendor.tmp/katex/
-for p in sockjs-client codemirror katex; do
+cp node_modules/markdown-it/dist/browser/markdown-it.umd.min.js vendor.tmp/markdown-it/markdown-it.min.js
+cp node_modules/dompurify/dist/purify.min.js vendor.tmp/dompurify/
+for p in sockjs-client codemirror katex markdown-it dompurify; do
   node -e "const p=require('./node_modules/$p/package.json'); console.log(p.name+' '+p.version+' '+p.license)"
 done > vendor.tmp/VERSIONS
 rm -rf vendor && mv vendor.tmp vendor

@@ -176,6 +176,32 @@ def verify_password(pw_hash: str | None, password: str) -> bool:
         return False
 
 
+class PasswordWork:
+    """Where argon2 runs: ``threads`` threads (so a login storm takes at most that many cores from
+    everyone else) and at most ``waiting`` queued behind them (then AccountError busy, 503)."""
+
+    def __init__(self, threads: int = 1, waiting: int = 64) -> None:
+        import concurrent.futures
+
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="sagews-argon2")
+        self.limit = threads + waiting
+        self.queued = 0
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        import asyncio
+
+        if self.queued >= self.limit:
+            raise AccountError("busy", "Too many logins at once; try again in a few seconds", 503)
+        self.queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self.queued -= 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def new_token() -> tuple[str, str]:
     token = secrets.token_urlsafe(32)
     return token, hash_token(token)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import signal
@@ -20,14 +19,24 @@ import tornado.web
 from sockjs.tornado import SockJSRouter
 
 from sagews import sdnotify
-from sagews.backend.accounts import RateLimiter
-from sagews.backend.cache import Cache
+from sagews.backend.accounts import PasswordWork, RateLimiter
+from sagews.backend.cache import Cache, derive_secret
 from sagews.backend.config import BackendConfig, load
 from sagews.backend.events import EventBus, RemotePresence
 from sagews.backend.handlers import admin, auth, ops
 from sagews.backend.handlers import workspaces as ws_handlers
+from sagews.backend.limits import AccountLimits
 from sagews.backend.live import LiveConnection
+from sagews.backend.lockout import LoginGuard, LoginPolicy
 from sagews.backend.metrics import Metrics
+from sagews.backend.presence import Presence
+from sagews.backend.security import (
+    SecurityHeaders,
+    SockJSDisabledHandler,
+    guarded_accept_sockets,
+    quiet_sockjs_transports,
+)
+from sagews.backend.sites import Sites
 from sagews.backend.workers import WorkerPool
 from sagews.backend.workspaces import Workspaces
 from sagews.db import Database
@@ -61,20 +70,46 @@ class BackendApp(tornado.web.Application):
             raise ValueError("cookie_secret must be set (at least 16 characters)")
         self.config = config
         self.db = db or Database(config.db)
-        self.cache = Cache(config.memcached, config.cache_ttl)
+        if config.cache_secret and len(config.cache_secret) < 16:
+            raise ValueError("cache_secret must be at least 16 characters")
+        secret = config.cache_secret.encode() if config.cache_secret else derive_secret(config.cookie_secret)
+        self.cache = Cache(config.memcached, secret, config.cache_ttl)
         self.metrics = Metrics()
         self.pool = WorkerPool(
             self.db, config.worker_cert, config.worker_key, config.worker_ca, grace=config.heartbeat_timeout
         )
         self.workspaces = Workspaces(self.db, self.cache, self.pool, self.metrics)
         self.workspaces.repack_after = config.repack_after
+        self.workspaces.max_open = config.max_open_workspaces
+        self.workspaces.max_stored = config.max_stored_mb << 20
+        self.sites = Sites(self.db, self.workspaces)  # published folders (sagews/backend/sites.py)
         self.presence = self.workspaces.presence
         self.live: set[LiveConnection] = set()
         self.events = EventBus(self.db, self._on_event)
         self.announce_seconds = 30.0
         self.remote_presence = RemotePresence(ttl=3 * self.announce_seconds)
-        self.account_limiter = RateLimiter(config.login_attempts_per_account)
-        self.ip_limiter = RateLimiter(config.login_attempts_per_ip)
+        self.coalescer = Presence(config.presence_interval, self._flush_presence)
+        self.login_guard = LoginGuard(
+            self.cache,
+            LoginPolicy(
+                free=config.login_free_attempts,
+                base_delay=config.login_backoff_seconds,
+                max_delay=config.login_backoff_max_seconds,
+                window=config.login_window_seconds,
+                account_limit=config.login_account_failures,
+                account_interval=config.login_account_interval_seconds,
+                ip_limit=config.login_ip_failures,
+            ),
+        )
+        self.signup_limiter = RateLimiter(config.signups_per_ip)
+        self.password_work = PasswordWork(config.password_threads)
+        self.account_limits = AccountLimits(
+            config.account_rate,
+            config.account_burst,
+            config.account_inflight,
+            config.account_heavy_rate,
+            config.account_heavy_burst,
+        )
         self.last_db_ok = 0.0
         self.stopping = False  # a graceful shutdown began: /healthz answers 503
         self._tasks: list[asyncio.Task[Any]] = []
@@ -87,6 +122,9 @@ class BackendApp(tornado.web.Application):
                 "disabled_transports": ["jsonp", "htmlfile"],
                 "jsessionid": False,
                 "disable_nagle": True,
+                # frames sent in one event-loop turn go out as one SockJS frame (one websocket write):
+                # an exec's output or a burst of replies costs one syscall, not one per message
+                "immediate_flush": False,
                 "verify_ip": False,  # behind HAProxy the source address can change between requests
             },
         )
@@ -95,7 +133,11 @@ class BackendApp(tornado.web.Application):
         if config.static_dir:
             routes.append((r"/static/(.*)", StaticHandler, {"path": config.static_dir}))
             routes += ops.page_routes
-        routes += self.router.urls
+        # the iframe transports are for cross-origin pages on old browsers; our client is same-origin
+        # (websocket, then xhr-streaming/polling, eventsource), and sockjs-tornado's iframe page loads
+        # sockjs from a CDN: it is not served at all (docs/security.md)
+        routes.append((r"/sockjs/iframe[0-9-.a-z_]*\.html", SockJSDisabledHandler))
+        routes += quiet_sockjs_transports(self.router.urls, self.metrics)
         secure = config.secure_cookies
         super().__init__(
             routes,
@@ -103,25 +145,9 @@ class BackendApp(tornado.web.Application):
             xsrf_cookies=True,
             xsrf_cookie_kwargs={"secure": secure, "samesite": "Lax"},
             websocket_max_message_size=max(config.max_message * 2, 1 << 20),
+            transforms=[SecurityHeaders],
+            default_handler_class=ops.NotFoundHandler,
         )
-
-    # login limits shared by every backend (memcached; 5-minute windows, the current one counted
-    # together with the previous one, so a window boundary never resets an attacker's count) --------
-    RATE_WINDOW = 300
-
-    def _rate_key(self, key: str, back: int = 0) -> str:
-        window = int(time.time() // self.RATE_WINDOW) - back
-        return f"rl:{window}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
-
-    async def shared_blocked(self, key: str, limit: int) -> bool:
-        now, before = (
-            await self.cache.count(self._rate_key(key)),
-            await self.cache.count(self._rate_key(key, 1)),
-        )
-        return now + before >= limit
-
-    async def shared_hit(self, key: str) -> None:
-        await self.cache.incr(self._rate_key(key), self.RATE_WINDOW * 2)
 
     # presence and file_changed, across backends ------------------------------------------------
     def local_names(self, ws_id: str) -> list[str]:
@@ -131,14 +157,31 @@ class BackendApp(tornado.web.Application):
         return sorted(set(self.local_names(ws_id)) | self.remote_presence.names(ws_id))
 
     def _send_presence(self, ws_id: str) -> None:
-        note = {"type": "presence", "workspace": ws_id, "users": self.presence_names(ws_id)}
+        self.coalescer.changed(ws_id, publish=False)
+
+    def _flush_presence(self, ws_id: str, publish: bool) -> None:
+        """Coalesced (``presence_interval``): send the list only to members who have not seen it yet,
+        and publish this backend's names to the others only when they changed."""
+        names = self.presence_names(ws_id)
+        note: dict[str, Any] | None = None
         for c in list(self.presence.get(ws_id, ())):
-            c.send_json(note)
+            if c.last_presence.get(ws_id) != names:
+                c.last_presence[ws_id] = names
+                if note is None:
+                    note = {"type": "presence", "workspace": ws_id, "users": names}
+                c.send_json(note)
+        if publish:
+            local = self.local_names(ws_id)
+            if self.coalescer.published.get(ws_id) != local:
+                self.coalescer.published[ws_id] = local
+                if not local:
+                    self.coalescer.published.pop(ws_id, None)
+                self._spawn(self.events.publish({"kind": "presence", "ws": ws_id, "users": local}))
 
     def presence_changed(self, ws_id: str) -> None:
-        """A connection of this backend opened or left ``ws_id``: tell local members and other backends."""
-        self._send_presence(ws_id)
-        self._spawn(self.events.publish({"kind": "presence", "ws": ws_id, "users": self.local_names(ws_id)}))
+        """A connection of this backend opened or left ``ws_id``: tell local members and other backends
+        (at most once per ``presence_interval`` per workspace, and only what changed)."""
+        self.coalescer.changed(ws_id, publish=True)
 
     def file_changed(self, ws_id: str, path: str, by: str, origin: Any = None) -> None:
         note = {"type": "file_changed", "workspace": ws_id, "path": path, "by": by}
@@ -198,11 +241,13 @@ class BackendApp(tornado.web.Application):
         self._tasks.append(
             asyncio.ensure_future(self.workspaces.run_housekeeping(interval, self.config.idle_close_seconds))
         )
+        self._tasks.append(asyncio.ensure_future(self.workspaces.run_purge(self.config.purge_after_days)))
 
     async def stop(self) -> None:
         """Save what is dirty, close links and pools."""
         for t in self._tasks:
             t.cancel()
+        self.coalescer.close()
         await self.events.close()
         for p in list(self._pending):
             with contextlib.suppress(BaseException):
@@ -216,6 +261,7 @@ class BackendApp(tornado.web.Application):
                 log.warning("save of %s at shutdown failed: %s", ws_id, exc)
         await self.pool.close()
         self.cache.close()
+        self.password_work.close()
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)
 
 
@@ -230,11 +276,25 @@ def ssl_context(config: BackendConfig) -> ssl.SSLContext | None:
     return None
 
 
+def max_body(config: BackendConfig) -> int:
+    """The largest request body any route takes: an ``xhr_send`` of one ``max_message`` message
+    (JSON-escaped in the SockJS frame: up to twice as long). API handlers stream and stop at 1 MiB."""
+    return 2 * config.max_message + (64 << 10)
+
+
 def listen(app: BackendApp, port: int | None = None) -> tuple[tornado.httpserver.HTTPServer, int]:
     cfg = app.config
-    server = tornado.httpserver.HTTPServer(app, ssl_options=ssl_context(cfg), xheaders=cfg.xheaders)
+    server = tornado.httpserver.HTTPServer(
+        app,
+        ssl_options=ssl_context(cfg),
+        xheaders=cfg.xheaders,
+        max_body_size=max_body(cfg),  # a longer Content-Length is refused before any of it is read
+        max_buffer_size=max_body(cfg),
+        idle_connection_timeout=120,
+        body_timeout=60,
+    )
     sockets = tornado.netutil.bind_sockets(cfg.port if port is None else port, address=cfg.host)
-    server.add_sockets(sockets)
+    guarded_accept_sockets(server, sockets, app.metrics)  # EMFILE: refuse cheaply, never spin
     return server, int(sockets[0].getsockname()[1])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import hashlib
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ from typing import Any
 
 from sagews.db import Database
 from sagews.db.config import load as load_db
+from sagews.worker import egress
 
 
 def _db(args: argparse.Namespace) -> Database:
@@ -44,6 +46,12 @@ def admin(argv: list[str]) -> int:
     d = sub.add_parser("delete-workspace", help="mark a workspace deleted")
     d.add_argument("id")
     sub.add_parser("workers", help="registered workers and their last heartbeat (JSON lines)")
+    lim = sub.add_parser("limits", help="show (and set) an account's caps on open workspaces and storage")
+    lim.add_argument("name")
+    lim.add_argument("--open", help="max workspaces placed at once (integer, 0: none, 'default')")
+    lim.add_argument("--storage-mb", help="max stored bundle MB of its workspaces (integer, 'default')")
+    pg = sub.add_parser("purge-deleted", help="purge workspaces deleted more than --days ago")
+    pg.add_argument("--days", type=float, default=30.0)
     dr = sub.add_parser(
         "drain-worker",
         help="stop placing workspaces on a worker; backends save and move its idle workspaces elsewhere",
@@ -85,6 +93,18 @@ def admin(argv: list[str]) -> int:
         elif a.cmd == "workers":
             for row in db.transaction(list_workers):
                 print(json.dumps(row))
+        elif a.cmd == "limits":
+            _limits(db, a)
+        elif a.cmd == "purge-deleted":
+            import datetime as dt
+
+            from sagews.backend.workspaces import db_purge
+            from sagews.db.types import utcnow
+
+            before, total = utcnow() - dt.timedelta(days=a.days), 0
+            while n := db.transaction(db_purge, before):
+                total += n
+            print(f"purged {total} workspace(s) deleted before {before.isoformat()}")
         elif a.cmd in ("drain-worker", "undrain-worker"):
             return _drain_worker(db, a.worker, a.cmd == "drain-worker", getattr(a, "wait", 0))
     except (accounts.AccountError, Exception) as exc:
@@ -94,6 +114,32 @@ def admin(argv: list[str]) -> int:
     finally:
         db.close()
     return 0
+
+
+def _limits(db: Database, a: argparse.Namespace) -> None:
+    """``sagews admin limits NAME [--open N|default] [--storage-mb M|default]``: prints caps + usage
+    (the defaults shown are BackendConfig's; a backend's own config may set others)."""
+    from sagews.backend.config import BackendConfig
+    from sagews.backend.workspaces import WorkspaceError, db_set_limits, db_usage
+
+    def value(raw: str | None, scale: int) -> int | None:
+        if raw == "default":
+            return None
+        if raw is None or not raw.isdigit():
+            raise WorkspaceError("bad_field", f"expected a non-negative integer or 'default', not {raw!r}")
+        return int(raw) * scale
+
+    changes: dict[str, int | None] = {}
+    if a.open is not None:
+        changes["max_open_workspaces"] = value(a.open, 1)
+    if a.storage_mb is not None:
+        changes["max_stored_bytes"] = value(a.storage_mb, 1 << 20)
+    account_id = db.transaction(db_set_limits, a.name, changes)
+    from sagews.backend.config import load
+
+    d = load(a.config) if a.config else BackendConfig()
+    print(json.dumps({"account": a.name, **db.transaction(db_usage, account_id, d.max_open_workspaces,
+                                                           d.max_stored_mb << 20)}))  # fmt: skip
 
 
 def _drain_worker(db: Database, ref: str, drain: bool, wait: float) -> int:
@@ -156,16 +202,30 @@ def dev(argv: list[str]) -> int:
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
-    ap.add_argument("--data-dir", default=os.path.expanduser("~/.sagews/dev"), help="SQLite, PKI, workspaces")
+    ap.add_argument(
+        "--data-dir",
+        default=os.path.expanduser("~/.sagews/dev"),
+        help="SQLite databases, PKI, cookie secret, worker state (made 0700)",
+    )
+    ap.add_argument(
+        "--workspaces-dir",
+        help="workspace checkouts and their private temporary directories (default "
+        "/var/lib/sagews-dev/<instance>; traversable by workspace users, not under /tmp)",
+    )
     ap.add_argument("--static", default=str(Path(__file__).resolve().parents[2] / "static"))
     ap.add_argument("--memcached", action="append", default=[], help="host:port (optional)")
     a = ap.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.umask(0o077)  # every file of ours (SQLite, WAL, logs, keys) is private unless made otherwise
     data = Path(a.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
-    data.chmod(0o755)  # workspace users traverse to their checkouts
+    data.chmod(0o700)  # workspace users must not read the databases, the cookie secret, the keys
+    instance = dev_instance(data)
+    wsroot = Path(a.workspaces_dir or f"/var/lib/sagews-dev/{instance}").resolve()
+    wsroot.mkdir(parents=True, exist_ok=True)
+    wsroot.chmod(0o711)  # traversable to the (0700, per-user) checkouts, not listable
     pki = DevCA(data / "pki")
     wpair, bpair = pki.issue("worker"), pki.issue("backend", server=False)
     wcfg = {
@@ -174,10 +234,12 @@ def dev(argv: list[str]) -> int:
         "cert": str(wpair.cert),
         "key": str(wpair.key),
         "ca": str(pki.ca_cert_path),
-        "workspaces_dir": str(data / "workspaces"),
+        "workspaces_dir": str(wsroot / "workspaces"),
         "state_dir": str(data / "worker-state"),
-        "tmp_dir": str(data / "tmp"),
-        "user_prefix": "sagews_dev_",
+        "tmp_dir": str(wsroot / "tmp"),
+        # per instance: two `sagews dev` on one host never share (or kill) each other's users
+        "user_prefix": f"sagews_dev{instance[:4]}_",
+        "uid_base": dev_uid_base(instance),
     }
     (data / "worker.json").write_text(json.dumps(wcfg))
     worker = subprocess.Popen(
@@ -220,11 +282,21 @@ def dev(argv: list[str]) -> int:
         }
     cfg.db.url = f"sqlite:///{data / 'sagews.db'}"
     migrate.upgrade(cfg.db.url)
+    table = _protect_services(
+        instance, int(wcfg["uid_base"]), [a.port, wport, log_port, *_ports(a.memcached)]
+    )
     # a previous run's worker (other port) is gone: drop stale rows so placement never waits on them
     _forget_other_workers(cfg.db.url, wport)
+    print(
+        f"sagews dev: instance {instance}, data in {data} (0700), workspaces in {wsroot}, "
+        f"workspace users {wcfg['user_prefix']}N (uids {wcfg['uid_base']}..{int(wcfg['uid_base']) + 63})",
+        flush=True,
+    )
     try:
         asyncio.run(serve(cfg))
     finally:
+        if table:
+            egress.remove(table)
         for proc in (worker, logserver):
             if proc is None:
                 continue
@@ -234,6 +306,44 @@ def dev(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     return 0
+
+
+DEV_UID_BASE = 2_500_000
+
+
+def dev_instance(data: Path) -> str:
+    """A short id of a `sagews dev` instance, from its data directory."""
+    return hashlib.sha256(str(data).encode()).hexdigest()[:6]
+
+
+def dev_uid_base(instance: str) -> int:
+    """The first uid of the instance's workspace users (100-uid slots from 2,500,000)."""
+    return DEV_UID_BASE + (int(instance, 16) % 4000) * 100
+
+
+def _ports(addresses: list[str]) -> list[int]:
+    return [int(a.rsplit(":", 1)[1]) for a in addresses if ":" in a and a.rsplit(":", 1)[1].isdigit()]
+
+
+def _protect_services(instance: str, uid_base: int, ports: list[int]) -> str | None:
+    """Keep the instance's workspace users off the backend, worker, log server and memcached ports
+    (nftables, sagews/worker/egress.py); without nft, say that they are not."""
+    table = f"sagews_dev_{instance}"
+    if not egress.available() or os.geteuid() != 0:
+        print(
+            "sagews dev: WARNING: nft is not available: cell code CAN connect to the backend, "
+            "/metrics, the worker, the log server and memcached on this host (apt-get install nftables)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    try:
+        egress.apply(table, egress.ruleset(table, uid_base, uid_base + 63, [p for p in ports if p]))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"sagews dev: WARNING: egress rules not applied ({exc}): cell code can reach the "
+              "services on this host", file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    return table
 
 
 def _start_logserver(data: Path, pki: Any) -> tuple[subprocess.Popen[bytes] | None, int]:

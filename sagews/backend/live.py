@@ -19,8 +19,10 @@ from sockjs.tornado import SockJSConnection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from sagews import notebook
 from sagews.backend.accounts import User, hash_token
 from sagews.backend.handlers.base import lookup_user
+from sagews.backend.limits import HEAVY, Account, TokenBucket
 from sagews.backend.workers import WorkerUnavailable
 from sagews.backend.workspaces import WorkspaceError, check_id, db_members, db_unpublish
 
@@ -44,6 +46,14 @@ RELAY_FIELDS: dict[str, tuple[str, ...]] = {
     "restart": (),
 }
 MAX_ID = 2**53
+# the type of each relayed field (anything else: bad_field before it reaches a worker)
+FIELD_TYPES: dict[str, type] = {
+    "path": str, "commit": str, "text": str, "b64": str, "src": str, "dst": str,
+    "code": str, "engine": str, "limit": int,
+}  # fmt: skip
+FIELD_MAX = {"path": 4096, "src": 4096, "dst": 4096, "commit": 64, "engine": 32}
+# requests that skip the per-connection queue: an interrupt must overtake what it interrupts
+UNQUEUED = frozenset({"interrupt", "hello"})
 # workspace management over SockJS (same rules as the REST calls): type -> roles allowed
 MANAGE_OPS: dict[str, tuple[str, ...]] = {
     "members": ("owner", "editor", "viewer"),
@@ -68,6 +78,24 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 128
 
 
+def relay_fields(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``msg`` relayed to the worker for ``kind``, type-checked (else ClientError)."""
+    out: dict[str, Any] = {}
+    for k in RELAY_FIELDS[kind]:
+        v = msg.get(k)
+        if v is None:
+            continue
+        want = FIELD_TYPES[k]
+        if not isinstance(v, want) or isinstance(v, bool):
+            raise ClientError("bad_field", f"{k} must be a{'n integer' if want is int else ' string'}")
+        if isinstance(v, str) and len(v) > FIELD_MAX.get(k, 1 << 62):
+            raise ClientError("bad_field", f"{k} is longer than {FIELD_MAX[k]} characters")
+        if isinstance(v, int) and not 0 < v <= 100_000:
+            raise ClientError("bad_field", f"{k} must be between 1 and 100000")
+        out[k] = v
+    return out
+
+
 class LiveConnection(SockJSConnection):  # type: ignore[misc]
     app: BackendApp  # set by BackendApp on a subclass
 
@@ -75,7 +103,15 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         self.user: User | None = None
         self.said_hello = False
         self.workspaces: dict[str, str] = {}  # workspace id -> role at open
+        self.last_presence: dict[str, list[str]] = {}  # workspace id -> names last sent here
         self.tasks: set[asyncio.Future[Any]] = set()
+        cfg = self.app.config
+        self.bucket = TokenBucket(cfg.conn_rate, cfg.conn_burst)
+        # refusals allowed beyond the rate: a client that keeps sending far faster is disconnected
+        # (4029), so a flood stops costing a parse and a reply per message
+        self.overrun = TokenBucket(cfg.conn_rate, cfg.conn_burst)
+        self.slots = asyncio.Semaphore(cfg.conn_inflight)
+        self.account: Account | None = None  # shared with the account's other connections here
         self.closed = False
         self.xsrf_cookie = info.get_cookie("_xsrf").value if info.get_cookie("_xsrf") else None
         self.app.metrics.sockjs_sessions += 1
@@ -97,14 +133,22 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         return urlsplit(origin).netloc == host
 
     async def _auth(self, token: str | None) -> None:
-        self.user = await lookup_user(self.app, token)
-        if self.user is None:
+        user = await lookup_user(self.app, token)
+        if user is None:
             self.session.close(4001, "login required")
+            return
+        if self.closed:
+            return
+        self.user = user
+        self.account = self.app.account_limits.join(user.id)
 
     def on_close(self) -> None:
         self.closed = True
         self.app.metrics.sockjs_sessions -= 1
         self.app.live.discard(self)
+        if self.account is not None and self.user is not None:
+            self.app.account_limits.leave(self.user.id)
+            self.account = None
         for ws_id in list(self.workspaces):
             self._leave(ws_id)
         # requests in flight run to completion (an exec keeps its workspace 'computing' until the
@@ -122,10 +166,25 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         self.send_json({"type": "error", "re": re_, "code": code, "message": message})
 
     # receiving -----------------------------------------------------------------------------------
-    def on_message(self, raw: str) -> None:
-        self.app.metrics.messages_in += 1
-        if len(raw) > self.app.config.max_message:
-            self.error(None, "too_large", f"message longer than {self.app.config.max_message} bytes")
+    def on_message(self, raw: Any) -> None:
+        """Never raises: whatever arrives gets one protocol error or is handled (sockjs-tornado
+        would log a traceback and drop the connection)."""
+        try:
+            self._on_message(raw)
+        except Exception:
+            log.exception("message handling failed")
+            self.error(None, "internal", "internal error (logged)")
+
+    def _on_message(self, raw: Any) -> None:
+        if self.closed:
+            return
+        app = self.app
+        app.metrics.messages_in += 1
+        if not isinstance(raw, str):
+            self.error(None, "bad_message", "a message must be a JSON object encoded as a string")
+            return
+        if len(raw) > app.config.max_message:
+            self.error(None, "too_large", f"message longer than {app.config.max_message} bytes")
             return
         try:
             msg = json.loads(raw)
@@ -140,11 +199,34 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
                 None, "bad_message", "id must be an integer (|id| <= 2^53) or a string of 1-128 characters"
             )
             return
-        if not isinstance(msg.get("type"), str):
+        kind = msg.get("type")
+        if not isinstance(kind, str):
             self.error(msg["id"], "bad_message", "type must be a string")
             return
-        if msg["type"] == "ping":  # answered at once (latency probe, keep-alive)
+        account = self.account
+        limited = not self.bucket.take()
+        if not limited and account is not None:
+            limited = not account.bucket.take() or (kind in HEAVY and not account.heavy.take())
+        if limited:
+            app.metrics.requests_limited += 1
+            if not self.overrun.take():
+                self.closed = True
+                self.session.close(4029, "too many requests")
+                return
+            wait = self.bucket.wait()
+            if account is not None:
+                wait = max(wait, account.bucket.wait(), account.heavy.wait() if kind in HEAVY else 0.0)
+            self.send_json(
+                {"type": "error", "re": msg["id"], "code": "rate_limited",
+                 "message": "too many requests; slow down", "retry_after": round(wait, 3)}
+            )  # fmt: skip
+            return
+        if kind == "ping":  # answered at once (latency probe, keep-alive)
             self.send_json({"type": "pong", "re": msg["id"]})
+            return
+        if len(self.tasks) >= app.config.conn_inflight + app.config.conn_queue:
+            app.metrics.requests_limited += 1
+            self.error(msg["id"], "busy", "too many requests in flight on this connection; wait for replies")
             return
         task = asyncio.ensure_future(self._handle(msg))
         self.tasks.add(task)
@@ -156,7 +238,13 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             await self.ready
             if self.user is None:
                 return
-            await self.dispatch(msg)
+            account = self.account
+            if msg["type"] in UNQUEUED or account is None:
+                await self.dispatch(msg)
+            else:
+                async with self.slots, account.slots:
+                    if not self.closed:  # queued work of a connection that went away is dropped
+                        await self.dispatch(msg)
         except ClientError as exc:
             self.error(re_, exc.code, exc.message)
         except WorkspaceError as exc:
@@ -178,7 +266,11 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             return
         if kind == "hello":
             versions = msg.get("versions")
-            if not isinstance(versions, list) or not set(versions) & set(PROTOCOL_VERSIONS):
+            if not isinstance(versions, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in versions
+            ):
+                raise ClientError("bad_field", "versions must be a list of integers")
+            if not set(versions) & set(PROTOCOL_VERSIONS):
                 raise ClientError(
                     "bad_version", f"this backend speaks protocol versions {list(PROTOCOL_VERSIONS)}"
                 )
@@ -207,11 +299,15 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             ws_id = check_id(msg.get("workspace"))
             role = await svc.role(ws_id, self.user.id)
             await svc.ensure_open(ws_id)
+            if self.closed:
+                return
             self.workspaces[ws_id] = role
             self.app.presence.setdefault(ws_id, set()).add(self)
+            names = self._names(ws_id)
+            self.last_presence[ws_id] = names
             self.send_json(
                 {"type": "opened", "re": re_, "session": ws_id, "workspace": ws_id, "role": role,
-                 "presence": self._names(ws_id)}
+                 "presence": names}
             )  # fmt: skip
             self._broadcast_presence(ws_id)
             return
@@ -237,7 +333,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             r = await svc.save(ws_id, message)
             self.send_json({**r, "re": re_})
             return
-        fields = {k: msg[k] for k in RELAY_FIELDS[kind] if k in msg and msg[k] is not None}
+        fields = relay_fields(kind, msg)
         t0 = time.perf_counter()
 
         def frame(f: dict[str, Any]) -> None:
@@ -249,6 +345,10 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         out = {**r, "re": re_}
         if "session" in out:
             out["session"] = ws_id
+        if kind == "write" and r.get("type") == "write":
+            warning = await notebook.check_write(fields)  # a saved .ipynb that nbformat rejects
+            if warning:
+                out["warning"] = warning
         self.send_json(out)
         if kind in ("write", "rename", "delete") and r.get("type") != "error":
             path = msg.get("path") or msg.get("dst")
@@ -293,6 +393,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
 
     def _leave(self, ws_id: str) -> None:
         self.workspaces.pop(ws_id, None)
+        self.last_presence.pop(ws_id, None)
         conns = self.app.presence.get(ws_id)
         if conns is not None:
             conns.discard(self)

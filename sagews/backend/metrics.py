@@ -40,6 +40,10 @@ class Metrics:
     logins_failed: int = 0
     logins_limited: int = 0
     saves: int = 0
+    bad_frames: int = 0  # SockJS frames that were not JSON (connection dropped)
+    accept_refused: int = 0  # connections reset at the descriptor limit
+    requests_limited: int = 0  # live requests refused by a rate limit or a full queue
+    body_refused: int = 0  # HTTP bodies refused before being read (too large)
     execute: Histogram = field(default_factory=Histogram)
 
     def render(self, extra: dict[str, float]) -> str:
@@ -58,6 +62,14 @@ class Metrics:
             f'sagews_logins_total{{result="rate_limited"}} {self.logins_limited}',
             "# TYPE sagews_saves_total counter",
             f"sagews_saves_total {self.saves}",
+            "# TYPE sagews_bad_frames_total counter",
+            f"sagews_bad_frames_total {self.bad_frames}",
+            "# TYPE sagews_accept_refused_total counter",
+            f"sagews_accept_refused_total {self.accept_refused}",
+            "# TYPE sagews_requests_limited_total counter",
+            f"sagews_requests_limited_total {self.requests_limited}",
+            "# TYPE sagews_bodies_refused_total counter",
+            f"sagews_bodies_refused_total {self.body_refused}",
             "# TYPE sagews_execute_seconds histogram",
             *self.execute.render("sagews_execute_seconds"),
         ]

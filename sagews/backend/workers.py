@@ -61,6 +61,7 @@ class WorkerLink:
         self.max_frame = DEFAULT_MAX_FRAME
         self.status: dict[str, Any] = {}
         self.last_ok = 0.0  # monotonic time of the last successful status
+        self.last_frame = 0.0  # monotonic time of the last frame of any kind from the worker
         self.healthy = False
         self.fresh = False  # the last heartbeat got a status
         self.shutting_down = False
@@ -101,6 +102,7 @@ class WorkerLink:
                 msg = await read_frame(reader, max(self.max_frame, DEFAULT_MAX_FRAME) * 2)
                 if msg is None:
                     break
+                self.last_frame = time.monotonic()
                 re_ = msg.get("re")
                 entry = self.pending.get(re_) if isinstance(re_, int) else None
                 if entry is None:
@@ -175,7 +177,11 @@ class WorkerLink:
         try:
             st = await self.call("status", timeout=5)
         except WorkerUnavailable:
-            self.healthy = self.connected and self.last_ok > 0 and time.monotonic() - self.last_ok < grace
+            # a status stuck behind a burst of requests is not a dead worker: it is alive while any
+            # frame keeps arriving (its loop answers), and down once nothing came for ``grace``
+            now = time.monotonic()
+            recent = max(self.last_ok, self.last_frame)
+            self.healthy = self.connected and self.last_ok > 0 and now - recent < grace
             return self.healthy
         if st.get("type") != "status":
             self.healthy = False

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import re
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,7 +31,16 @@ from sagews.backend.cache import Cache
 from sagews.backend.metrics import Metrics
 from sagews.backend.workers import FrameCallback, WorkerLink, WorkerPool, WorkerUnavailable
 from sagews.db import Database
-from sagews.db.models import Account, Collaborator, Publication, Role, Workspace, WorkspaceBundle
+from sagews.db.models import (
+    Account,
+    Collaborator,
+    Publication,
+    Role,
+    Worker,
+    WorkerState,
+    Workspace,
+    WorkspaceBundle,
+)
 from sagews.db.types import utcnow
 
 log = logging.getLogger("sagews.backend.workspaces")
@@ -142,7 +152,116 @@ def db_delete(s: Session, ws_id: str) -> None:
     w = _ws(s, ws_id)
     w.deleted = True
     w.worker_id = None
-    w.updated = utcnow()
+    w.updated = w.deleted_at = utcnow()
+
+
+def db_purge(s: Session, before: dt.datetime, batch: int = 20) -> int:
+    """Remove up to ``batch`` workspaces deleted before ``before``: their bundles, publications,
+    members and row (one transaction per batch, so no single transaction grows with the backlog)."""
+    ids = list(
+        s.scalars(
+            select(Workspace.id)
+            .where(Workspace.deleted.is_(True), Workspace.deleted_at < before)
+            .order_by(Workspace.deleted_at)
+            .limit(batch)
+        )
+    )
+    if ids:
+        for model in (WorkspaceBundle, Publication, Collaborator):
+            s.execute(delete(model).where(model.workspace_id.in_(ids)))
+        s.execute(delete(Workspace).where(Workspace.id.in_(ids)))
+    return len(ids)
+
+
+# --- fairness caps (docs/security.md) ----------------------------------------------------------------
+
+
+def _limits(s: Session, account_id: int, lock: bool = False) -> Account:
+    a = s.get(Account, account_id, with_for_update=lock)  # the lock serialises one owner's placements
+    if a is None:
+        raise WorkspaceError("not_found", "No such account", 404)
+    return a
+
+
+def db_open_count(s: Session, owner_id: int, exclude: str | None = None) -> int:
+    """Workspaces of ``owner_id`` placed on a worker that is not down."""
+    q = (
+        select(func.count())
+        .select_from(Workspace)
+        .join(Worker, Worker.id == Workspace.worker_id)
+        .where(Workspace.owner_id == owner_id, Workspace.deleted.is_(False), Worker.state != WorkerState.down)
+    )
+    if exclude is not None:
+        q = q.where(Workspace.id != exclude)
+    return int(s.scalar(q) or 0)
+
+
+def db_stored_bytes(s: Session, owner_id: int) -> int:
+    return int(
+        s.scalar(
+            select(func.coalesce(func.sum(WorkspaceBundle.size), 0))
+            .join(Workspace, Workspace.id == WorkspaceBundle.workspace_id)
+            .where(Workspace.owner_id == owner_id, Workspace.deleted.is_(False))
+        )
+        or 0
+    )
+
+
+def db_usage(s: Session, owner_id: int, default_open: int, default_stored: int) -> dict[str, Any]:
+    a = _limits(s, owner_id)
+    return {
+        "limits": {
+            "open_workspaces": a.max_open_workspaces if a.max_open_workspaces is not None else default_open,
+            "stored_bytes": a.max_stored_bytes if a.max_stored_bytes is not None else default_stored,
+            "open_workspaces_default": a.max_open_workspaces is None,
+            "stored_bytes_default": a.max_stored_bytes is None,
+        },
+        "usage": {
+            "open_workspaces": db_open_count(s, owner_id),
+            "stored_bytes": db_stored_bytes(s, owner_id),
+        },
+    }
+
+
+def db_set_limits(s: Session, name: str, changes: dict[str, int | None]) -> int:
+    """``changes``: ``max_open_workspaces`` / ``max_stored_bytes`` -> value (None: back to the default)."""
+    a = s.scalar(select(Account).where(Account.email == name.lower()))
+    if a is None:
+        raise WorkspaceError("no_user", f"No user called {name}", 404)
+    for key, value in changes.items():
+        if key not in ("max_open_workspaces", "max_stored_bytes"):
+            raise WorkspaceError("bad_field", f"unknown limit {key}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise WorkspaceError("bad_field", f"{key} must be a non-negative integer or null")
+        setattr(a, key, value)
+    return a.id
+
+
+def check_open_cap(s: Session, owner_id: int, ws_id: str, default: int) -> None:
+    a = _limits(s, owner_id, lock=True)
+    limit = a.max_open_workspaces if a.max_open_workspaces is not None else default
+    if limit and db_open_count(s, owner_id, exclude=ws_id) >= limit:
+        raise WorkspaceError(
+            "too_many_open",
+            f"The owner of this workspace has {limit} workspaces open (the limit); close one first",
+            429,
+        )
+
+
+def check_storage(s: Session, owner_id: int, default: int, adding: int = 0) -> None:
+    a = _limits(s, owner_id, lock=True)
+    limit = a.max_stored_bytes if a.max_stored_bytes is not None else default
+    if limit and db_stored_bytes(s, owner_id) + adding >= limit:
+        raise WorkspaceError(
+            "storage_quota",
+            f"The owner's workspaces use their whole storage allowance ({limit >> 20} MB); "
+            "delete or shrink workspaces, or ask an administrator",
+            507,
+        )
+
+
+def db_check_save(s: Session, ws_id: str, default: int) -> None:
+    check_storage(s, _ws(s, ws_id).owner_id, default)
 
 
 def db_members(s: Session, ws_id: str) -> list[dict[str, str]]:
@@ -263,8 +382,17 @@ def db_chain_length(s: Session, ws_id: str) -> tuple[int, int | None]:
     return last - base + 1, last
 
 
-def db_copy(s: Session, ws_id: str, owner_id: int, name: str) -> dict[str, Any]:
+def db_copy(s: Session, ws_id: str, owner_id: int, name: str, max_stored: int = 0) -> dict[str, Any]:
     src = _ws(s, ws_id)
+    size = int(
+        s.scalar(
+            select(func.coalesce(func.sum(WorkspaceBundle.size), 0)).where(
+                WorkspaceBundle.workspace_id == ws_id
+            )
+        )
+        or 0
+    )
+    check_storage(s, owner_id, max_stored, adding=size)
     new = db_create(s, owner_id, name)
     for b in s.scalars(
         select(WorkspaceBundle).where(WorkspaceBundle.workspace_id == ws_id).order_by(WorkspaceBundle.seq)
@@ -293,12 +421,15 @@ def db_place(s: Session, ws_id: str, worker_id: int | None) -> None:
         w.last_activity = utcnow()
 
 
-def db_claim(s: Session, ws_id: str, expected: int | None, worker_id: int) -> int | None:
-    """Place the workspace on ``worker_id`` only if it is still where we saw it; returns the placement."""
+def db_claim(s: Session, ws_id: str, expected: int | None, worker_id: int, max_open: int = 0) -> int | None:
+    """Place the workspace on ``worker_id`` only if it is still where we saw it; returns the placement.
+    A new placement (from closed) counts against the owner's cap on open workspaces."""
     w = s.get(Workspace, ws_id, with_for_update=True)
     if w is None:
         return None
     if w.worker_id == expected:
+        if expected is None:
+            check_open_cap(s, w.owner_id, ws_id, max_open)
         w.worker_id = worker_id
         w.last_activity = utcnow()
     return w.worker_id
@@ -350,6 +481,7 @@ class OpenWorkspace:
     id: str
     link: WorkerLink
     session: str
+    owner_id: int = 0
     running: int = 0
     dirty: bool = False
     last_activity: float = field(default_factory=time.monotonic)
@@ -370,6 +502,9 @@ class Workspaces:
         self.on_closed: Callable[[str, str], None] | None = None
         self.presence: dict[str, set[Any]] = {}  # workspace id -> live connections of this backend
         self.repack_after = 12  # bundles in a chain before it is replaced by one base bundle
+        self.max_open = 0  # default cap on an owner's open workspaces (0: none); accounts may override
+        self.max_stored = 0  # default cap on an owner's stored bundle bytes
+        self.coalesced: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
         pool.on_down = self._worker_down
         pool.on_unsolicited = self._unsolicited
 
@@ -439,7 +574,7 @@ class Workspaces:
                 tried.add(link.id)
                 if m["worker_id"] != link.id:
                     # compare-and-set: if another backend placed it meanwhile, follow that placement
-                    current = await self.write(db_claim, ws_id, m["worker_id"], link.id)
+                    current = await self._claim(ws_id, m, link.id)
                     if current != link.id:
                         tried.discard(link.id)
                         m = await self.meta(ws_id)
@@ -451,9 +586,28 @@ class Workspaces:
                     log.warning("opening %s on worker %s failed: %s", ws_id, link.id, exc)
                     link.healthy = False
                     continue
+                ow.owner_id = int(m["owner_id"])
                 self.open[ws_id] = ow
                 return ow
             raise WorkspaceError("no_worker", "No compute worker could open this workspace", 503)
+
+    async def _claim(self, ws_id: str, m: dict[str, Any], worker_id: int) -> int | None:
+        """db_claim; at the owner's cap, first close the owner's least recently used workspace that
+        is open here with nobody in it and nothing running, then try once more."""
+        try:
+            return await self.write(db_claim, ws_id, m["worker_id"], worker_id, self.max_open)
+        except WorkspaceError as exc:
+            if exc.code != "too_many_open":
+                raise
+            idle = sorted(
+                (ow for ow in self.open.values()
+                 if ow.owner_id == m["owner_id"] and ow.running == 0 and not self.presence.get(ow.id)),
+                key=lambda ow: ow.last_activity,
+            )  # fmt: skip
+            if not idle:
+                raise
+            await self.close(idle[0].id)
+            return await self.write(db_claim, ws_id, m["worker_id"], worker_id, self.max_open)
 
     async def _open_on(self, link: WorkerLink, ws_id: str, head: str | None) -> OpenWorkspace:
         r = await link.call("open", workspace=ws_id)
@@ -499,7 +653,22 @@ class Workspaces:
     async def request(
         self, ws_id: str, kind: str, fields: dict[str, Any], on_frame: FrameCallback | None = None
     ) -> dict[str, Any]:
-        """Relay one session request to the workspace's worker (opening/reopening it as needed)."""
+        """Relay one session request to the workspace's worker (opening/reopening it as needed).
+        Concurrent ``restart``s (and ``interrupt``s) of one workspace are coalesced into one."""
+        if kind in ("restart", "interrupt"):
+            key = (ws_id, kind)
+            running = self.coalesced.get(key)
+            if running is not None:
+                return await asyncio.shield(running)
+            fut = asyncio.ensure_future(self._request(ws_id, kind, fields, on_frame))
+            self.coalesced[key] = fut
+            fut.add_done_callback(lambda _f: self.coalesced.pop(key, None))
+            return await asyncio.shield(fut)
+        return await self._request(ws_id, kind, fields, on_frame)
+
+    async def _request(
+        self, ws_id: str, kind: str, fields: dict[str, Any], on_frame: FrameCallback | None = None
+    ) -> dict[str, Any]:
         for attempt in range(2):
             ow = await self.ensure_open(ws_id)
             ow.last_activity = time.monotonic()
@@ -532,6 +701,9 @@ class Workspaces:
         """Commit on the worker, store the bundle (one transaction), reply only after COMMIT."""
         lock = self.save_locks.setdefault(ws_id, asyncio.Lock())
         async with lock, self._save_lease(ws_id):
+            # at the owner's storage cap no new save starts (the one that crosses it is kept: a
+            # refused bundle would break the worker's chain); overshoot is at most one save
+            await self.db.run(db_check_save, ws_id, self.max_stored)
             fields: dict[str, Any] = {} if message is None else {"message": message}
             r = await self.request(ws_id, "save", fields)
             if r.get("type") != "saved":
@@ -656,7 +828,7 @@ class Workspaces:
     async def copy(self, ws_id: str, owner_id: int, name: str) -> dict[str, Any]:
         if ws_id in self.open and self.open[ws_id].dirty:
             await self.save(ws_id, "save before copy")
-        return await self.db.run(db_copy, ws_id, owner_id, check_name(name))
+        return await self.db.run(db_copy, ws_id, owner_id, check_name(name), self.max_stored)
 
     async def housekeeping(self, idle_close: float) -> None:
         """Autosave dirty workspaces; close idle ones that nobody watches and that compute nothing."""
@@ -669,6 +841,27 @@ class Workspaces:
                     await self.save(ws_id, "autosave")
             except (WorkspaceError, WorkerUnavailable) as exc:
                 log.warning("housekeeping of %s: %s", ws_id, exc)
+
+    async def purge(self, older_than_days: float) -> int:
+        """Purge workspaces deleted more than ``older_than_days`` ago (in batches); returns how many."""
+        before = utcnow() - dt.timedelta(days=older_than_days)
+        total = 0
+        while True:
+            n = await self.db.run(db_purge, before)
+            total += n
+            if n == 0:
+                break
+        if total:
+            log.info("purged %d deleted workspace(s)", total)
+        return total
+
+    async def run_purge(self, older_than_days: float, interval: float = 3600.0) -> None:
+        while True:
+            try:
+                await self.purge(older_than_days)
+            except Exception:
+                log.exception("purge of deleted workspaces failed")
+            await asyncio.sleep(interval)
 
     async def move_off_draining(self) -> int:
         """Workspaces open on a worker an operator is draining (``sagews admin drain-worker``): save and

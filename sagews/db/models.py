@@ -83,6 +83,9 @@ class Account(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created: Mapped[dt.datetime] = _created()
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # fairness caps (migration 0003); NULL: the backend's defaults (max_open_workspaces, max_stored_mb)
+    max_open_workspaces: Mapped[int | None] = mapped_column(Integer)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
     sessions: Mapped[list[AuthSession]] = relationship(back_populates="account", passive_deletes=True)
 
@@ -137,6 +140,7 @@ class Workspace(Base):
         Integer, ForeignKey("workers.id", ondelete="SET NULL"), index=True
     )  # where it is open now (NULL: closed)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(index=True)  # purged purge_after_days later
 
     collaborators: Mapped[list[Collaborator]] = relationship(
         back_populates="workspace", passive_deletes=True, cascade="all, delete-orphan"

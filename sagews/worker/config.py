@@ -23,7 +23,8 @@ class Limits:
     open_files: int = 256  # RLIMIT_NOFILE
     walltime_seconds: float = 300.0  # per execution; then interrupt, then kill
     idle_timeout_seconds: float = 1800.0  # session closed after this long without requests
-    disk_quota_mb: int = 500  # workspace checkout size, checked after executions and writes
+    disk_quota_mb: int = 500  # the workspace's filesystem (checkout + private tmp dirs), see disk_quota
+    disk_inodes: int = 100_000  # files and directories of the workspace
     output_bytes: int = 1_000_000  # stdout+stderr+rich output per execution; then cut + interrupt
     interrupt_grace_seconds: float = 2.0  # after an interrupt for timeout/flood, kill if still running
 
@@ -42,9 +43,15 @@ class WorkerConfig:
     max_frame: int = 16 * 1024 * 1024
     user_prefix: str = "sagews_worker_"
     user_pool_size: int = 64
+    owner_sessions: int = 16  # open sessions one owner (``open.owner``, the account) may hold; 0: no cap
+    owner_reserve: int = 4  # the last free pool users go only to owners without a session here
+    uid_base: int = 2_000_000  # pool users get uids uid_base..uid_base+user_pool_size-1 (0: useradd picks)
     engines: list[str] = field(default_factory=lambda: ["python", "sage"])
     default_engine: str = "python"
+    helper_processes: int = 0  # file/git helper forks at once (0: 2 per CPU, at least 4), shared fairly
     warm_pool: int = 2  # engine processes kept forked and waiting (pre-imported) for new sessions
+    disk_quota: str = "auto"  # image: a filesystem per workspace (kernel-enforced); measured; auto
+    isolation: bool = True  # engines and helpers in their own PID/mount/IPC namespaces (docs/security.md)
     cgroup: bool = False  # per-workspace cgroup v2 (memory.max, pids.max); needs a delegated cgroup_root
     cgroup_root: str = "/sys/fs/cgroup/sagews-workspaces"
     cgroup_memory_mb: int = 1024

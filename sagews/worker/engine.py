@@ -20,10 +20,10 @@ import signal
 import socket
 import sys
 import tempfile
-import traceback
 from typing import Any
 
 from sagews.framing import HEADER, FrameError, decode_body, encode
+from sagews.worker import introspect, tracebacks  # here, not lazily: user code cannot import our modules
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -51,6 +51,8 @@ def preload(engines: list[str]) -> list[str]:
             PRELOADED["sage_ns"] = ns
             PRELOADED["preparse"] = preparse
             PRELOADED["sage_all"] = sage_all
+            with contextlib.suppress(ImportError):  # `name?` help for Sage objects (introspect.py)
+                import sage.misc.sageinspect  # noqa: F401
             with contextlib.suppress(Exception):  # Maxima's first call is slow: pay it here, once
                 exec("integrate(x**2, x)", dict(ns, x=ns["var"]("x")))  # noqa: S102
             available.append("sage")
@@ -92,10 +94,20 @@ class Channel:
         self.sock.sendall(encode(msg))
 
 
-def drop_privileges(msg: dict[str, Any]) -> None:
+def drop_privileges(msg: dict[str, Any]) -> tuple[int, int]:
+    """Enter the workspace's private mounts (if isolated), apply rlimits, become the workspace user.
+    Returns this process's pid and its namespace init's as the worker sees them (0: no namespace)."""
     uid, gid = int(msg["uid"]), int(msg["gid"])
     limits = msg["limits"]
     mb = 1 << 20
+    host_pid, init_pid = os.getpid(), 0
+    if msg.get("isolate"):
+        from sagews.worker import isolation
+
+        host_pid = int(os.readlink("/proc/self"))  # still the host's /proc: the pid the worker signals
+        with open(f"/proc/{host_pid}/stat") as fh:
+            init_pid = int(fh.read().rsplit(")", 1)[1].split()[1])  # our parent: PID 1
+        isolation.enter_private_mounts([(str(a), str(b)) for a, b in msg.get("mounts", [])])
 
     def setl(res: int, soft: int, hard: int | None = None) -> None:
         resource.setrlimit(res, (soft, soft if hard is None else hard))
@@ -119,6 +131,7 @@ def drop_privileges(msg: dict[str, Any]) -> None:
     os.environ.update({str(k): str(v) for k, v in msg["env"].items()})
     tempfile.tempdir = None  # the zygote's imports cached /tmp: use the session's private TMPDIR
     _retarget_sage_dirs()
+    return host_pid, init_pid
 
 
 SAGE_DOT_SAGE_MODULES = (
@@ -158,6 +171,7 @@ class Engine:
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.current: Any = None
         self.pending = b""
+        self.cells = tracebacks.Cells()
 
     # rich output -----------------------------------------------------------------------------
     def display(self, data: dict[str, str]) -> None:
@@ -263,35 +277,37 @@ class Engine:
         self.pending = b""
 
     def exception(self, etype: Any, value: Any, tb: Any) -> None:
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-            tb = tb.tb_next
-        lines = traceback.format_exception(etype, value, tb)
+        ename, evalue, text = tracebacks.format_exception(etype, value, tb, __file__)
         self.chan.send(
-            {
-                "type": "exception",
-                "id": self.current,
-                "ename": getattr(etype, "__name__", str(etype)),
-                "evalue": self.safe_repr(value)[:10_000] if not str(value) else str(value)[:10_000],
-                "traceback": "".join(lines)[-50_000:],
-            }
+            {"type": "exception", "id": self.current, "ename": ename, "evalue": evalue, "traceback": text}
         )
 
     def _run(self, code: str, engine: str) -> str:
         ns = self.namespace(engine)
+        asked = introspect.help_request(code)
+        if asked is not None:  # `name?` / `name??`: help from this namespace, shown as output
+            name, source = asked  # sagews/worker/introspect.py
+            self.display({"text/plain": introspect.help_text(ns, name, source, engine == "sage")})
+            return "ok"
+        source, filename = code, self.cells.register(code)
         try:
             if engine == "sage":
                 code = PRELOADED["preparse"](code)
-            tree = ast.parse(code, "<cell>", "exec")
+            tree = ast.parse(code, filename, "exec")
         except Exception:  # SyntaxError, ValueError (NUL bytes), anything the preparser raises
-            self.exception(*sys.exc_info())
+            etype, value, tb = sys.exc_info()
+            if value is not None:
+                tracebacks.fix_syntax_error(value, filename, source)
+            self.exception(etype, value, tb)
             return "error"
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)  # type: ignore[attr-defined]
         try:
-            exec(compile(tree, "<cell>", "exec"), ns)  # noqa: S102
+            # dont_inherit: user code must not get this module's `from __future__ import annotations`
+            exec(compile(tree, filename, "exec", dont_inherit=True), ns)  # noqa: S102
             if last is not None:
-                value = eval(compile(last, "<cell>", "eval"), ns)  # noqa: S307
+                value = eval(compile(last, filename, "eval", dont_inherit=True), ns)  # noqa: S307
                 if value is not None:
                     ns["_"] = value
                     self.pending = encode({"type": "result", "id": self.current, "data": self.rich(value)})
@@ -317,7 +333,7 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
         if msg.get("type") != "assign":
             os._exit(3)
         try:
-            drop_privileges(msg)
+            host_pid, init_pid = drop_privileges(msg)
         except Exception as exc:
             chan.send({"type": "failed", "message": f"{type(exc).__name__}: {exc}"})
             os._exit(4)
@@ -325,7 +341,7 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
         sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
         sys.stdin = open(os.devnull)  # noqa: SIM115
         engine = Engine(chan, engines)
-        chan.send({"type": "ready", "pid": os.getpid(), "uid": os.getuid()})
+        chan.send({"type": "ready", "pid": host_pid, "init": init_pid, "uid": os.getuid()})
         while True:
             msg = chan.recv()
             if msg.get("type") == "exec":

@@ -1,30 +1,41 @@
 """Unprivileged Unix users for workspaces, and killing everything a workspace runs.
 
-Each open workspace gets its own uid from a pool ``<prefix>1..N`` (created with useradd on first
-use). The mapping is kept in ``state_dir/uids.json`` (root-only) so a workspace's checkout keeps
-its owner across sessions; when the pool is exhausted, the least recently used workspace without
-an open session gives its uid back (its checkout is chowned to root first).
+Each open workspace gets its own uid from a pool ``<prefix>1..N`` with the fixed uids
+``uid_base .. uid_base+N-1`` (created with useradd on first use), so host firewall rules can
+match the whole pool by uid range (``meta skuid``, see docs/security.md). The mapping is kept in
+``state_dir/uids.json`` (root-only) so a workspace's checkout keeps its owner across sessions;
+when the pool is exhausted, the least recently used workspace without an open session gives its
+uid back (its checkout is chowned to root first).
+
+Nothing here blocks the event loop: useradd runs as an async subprocess, /proc scans, chowns and
+file removals run in the default executor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import pwd
 import re
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+log = logging.getLogger("sagews.worker")
 
 
 class PoolExhausted(RuntimeError):
-    """Every pooled workspace user is in use by an open session."""
+    """Every pooled workspace user is in use by an open session (or the owner's share is)."""
+
+
+class UidConflict(RuntimeError):
+    """A uid of the configured range belongs to a user that is not one of ours."""
 
 
 @dataclass(frozen=True)
@@ -34,33 +45,61 @@ class Account:
     gid: int
 
 
-def ensure_user(name: str) -> Account:
+def _lookup(name: str) -> pwd.struct_passwd | None:
     try:
-        pw = pwd.getpwnam(name)
+        return pwd.getpwnam(name)
     except KeyError:
+        return None
+
+
+async def _run(*cmd: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, f"{cmd[0]} timed out"
+    return proc.returncode or 0, err.decode(errors="replace").strip()
+
+
+async def ensure_user(name: str, uid: int | None = None) -> Account:
+    """The pool user ``name`` (with uid ``uid`` when given), created if missing. A pool user left
+    with another uid (an older configuration) is removed and created again with the right one."""
+    pw = await asyncio.to_thread(_lookup, name)
+    if pw is not None and uid is not None and pw.pw_uid != uid:
+        log.warning("pool user %s has uid %d, configured %d: recreating it", name, pw.pw_uid, uid)
+        await kill_uid(pw.pw_uid)
+        code, err = await _run("userdel", name)
+        if code not in {0, 6}:  # 6: no such user (removed concurrently)
+            raise RuntimeError(f"userdel {name} failed: {err}")
+        pw = None
+    if pw is None:
+        extra = ["--uid", str(uid)] if uid is not None else []
         for attempt in range(5):  # /etc/passwd may be locked by another useradd for a moment
-            proc = subprocess.run(
-                [
-                    "useradd",
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    "--user-group",
-                    name,
-                ],
-                check=False,
-                capture_output=True,
-                timeout=30,
+            code, err = await _run(
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                *extra,
+                name,
             )
-            if proc.returncode in {0, 9}:  # 9: the name exists already (created concurrently)
+            if code in {0, 9}:  # 9: the name exists already (created concurrently)
                 break
+            if code == 4:  # uid already in use (by a user that is not ours)
+                raise UidConflict(f"useradd {name}: uid {uid} is taken: {err}")
             if attempt == 4:
-                raise RuntimeError(
-                    f"useradd {name} failed: {proc.stderr.decode(errors='replace').strip()}"
-                ) from None
-            time.sleep(0.2 * (attempt + 1))
-        pw = pwd.getpwnam(name)
+                raise RuntimeError(f"useradd {name} failed: {err}")
+            await asyncio.sleep(0.2 * (attempt + 1))
+        pw = await asyncio.to_thread(pwd.getpwnam, name)
     return Account(name, pw.pw_uid, pw.pw_gid)
 
 
@@ -83,29 +122,39 @@ def uid_pids(uid: int) -> list[int]:
     return pids
 
 
-def kill_uid(uid: int, timeout: float = 5.0) -> int:
-    """SIGKILL every process of ``uid`` until none is left (fork bombs included). Returns rounds."""
+def _kill_pids(uid: int) -> int:
+    pids = uid_pids(uid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # RLIMIT_NPROC bounds a fork bomb's racing
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+async def kill_uid(uid: int, within: float = 5.0) -> int:
+    """SIGKILL every process of ``uid`` until none is left (fork bombs included). Returns rounds.
+
+    The /proc scans run in the executor; between rounds the event loop is free. Engines live in
+    their own PID namespace (killing its init kills all of it), so this is the safety net for
+    processes of an earlier worker run and for hosts without namespaces."""
     if uid == 0:
         raise ValueError("refusing to kill uid 0")
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     rounds = 0
-    while True:
-        pids = uid_pids(uid)
-        if not pids or time.monotonic() > deadline:
-            return rounds
+    while time.monotonic() <= deadline:
+        if not await asyncio.to_thread(_kill_pids, uid):
+            break
         rounds += 1
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):  # RLIMIT_NPROC bounds a fork bomb's racing
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.005)  # let the kernel reap before rescanning (bounded by ``timeout``)
+        await asyncio.sleep(0.005)  # let the kernel reap before rescanning
+    return rounds
 
 
 SHARED_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 (world-writable: outside the quota)
 
 
 def purge_uid_files(uid: int, dirs: tuple[str, ...] = SHARED_TMP_DIRS) -> int:
-    """Remove what ``uid`` left at the top of the world-writable directories (its processes must be dead).
-    Returns the number of entries removed."""
+    """Remove what ``uid`` left at the top of the host's world-writable directories (its processes
+    must be dead). Engines see private ones (mount namespace); this covers hosts without namespaces.
+    Blocking: call it in an executor. Returns the number of entries removed."""
     if uid == 0:
         raise ValueError("refusing to purge uid 0")
     removed = 0
@@ -130,7 +179,7 @@ def purge_uid_files(uid: int, dirs: tuple[str, ...] = SHARED_TMP_DIRS) -> int:
 
 
 def chown_tree(path: Path, uid: int, gid: int) -> None:
-    """chown -hR without following symlinks."""
+    """chown -hR without following symlinks (blocking: call it in an executor)."""
     os.lchown(path, uid, gid)
     for root, dirs, files in os.walk(path, followlinks=False):
         for name in dirs + files:
@@ -138,13 +187,38 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
 
 
 class UserPool:
-    def __init__(self, state_dir: Path, prefix: str, size: int) -> None:
+    """Workspace -> pool user. ``account_for`` is serialised by a lock (one assignment at a time)."""
+
+    def __init__(self, state_dir: Path, prefix: str, size: int, uid_base: int | None = None) -> None:
         self.path = state_dir / "uids.json"
         self.prefix = prefix
         self.size = size
+        self.uid_base = uid_base or None
         self.map: dict[str, dict[str, object]] = {}
+        self.lock = asyncio.Lock()
         if self.path.exists():
             self.map = json.loads(self.path.read_text())
+
+    def uid_of(self, name: str) -> int | None:
+        if self.uid_base is None:
+            return None
+        return self.uid_base + int(name[len(self.prefix) :]) - 1
+
+    def check_range(self) -> None:
+        """Refuse a uid range that other users occupy (startup, blocking)."""
+        if self.uid_base is None:
+            return
+        for i in range(1, self.size + 1):
+            uid = self.uid_base + i - 1
+            try:
+                other = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                continue
+            if other != f"{self.prefix}{i}" and not re.fullmatch(re.escape(self.prefix) + r"\d+", other):
+                raise UidConflict(
+                    f"uid {uid} of the workspace range {self.uid_base}..{self.uid_base + self.size - 1} "
+                    f"belongs to {other!r}: choose another uid_base"
+                )
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -153,13 +227,22 @@ class UserPool:
             json.dump(self.map, fh)
         os.replace(tmp, self.path)
 
-    def account_for(self, workspace: str, workspace_dir: Path, busy: set[str]) -> Account:
+    def free(self, busy: set[str]) -> int:
+        """Users that could be handed out now (never used, or held by a workspace without a session)."""
+        return self.size - sum(1 for w in self.map if w in busy)
+
+    async def account_for(self, workspace: str, workspace_dir: Path, busy: set[str]) -> Account:
+        async with self.lock:
+            return await self._account_for(workspace, workspace_dir, busy)
+
+    async def _account_for(self, workspace: str, workspace_dir: Path, busy: set[str]) -> Account:
         entry = self.map.get(workspace)
         if entry is not None:
             entry["used"] = time.time()
-            self._save()
-            account = ensure_user(str(entry["user"]))
-            kill_uid(account.uid)  # leftovers of an earlier worker run: no session of it exists now
+            await asyncio.to_thread(self._save)
+            name = str(entry["user"])
+            account = await ensure_user(name, self.uid_of(name))
+            await kill_uid(account.uid)  # leftovers of an earlier worker run: no session of it exists now
             return account
         taken = {str(e["user"]) for e in self.map.values()}
         name = next(
@@ -173,10 +256,10 @@ class UserPool:
             name = str(self.map.pop(victim)["user"])
             old = workspace_dir.parent / victim
             if old.exists():
-                chown_tree(old, 0, 0)
-        account = ensure_user(name)
-        kill_uid(account.uid)
-        purge_uid_files(account.uid)
+                await asyncio.to_thread(chown_tree, old, 0, 0)
+        account = await ensure_user(name, self.uid_of(name))
+        await kill_uid(account.uid)
+        await asyncio.to_thread(purge_uid_files, account.uid)
         self.map[workspace] = {"user": name, "used": time.time()}
-        self._save()
+        await asyncio.to_thread(self._save)
         return account

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sagews.worker import isolation
 from sagews.worker.users import Account
 
 
@@ -38,6 +39,7 @@ class OpError(Exception):
 # Set by the server from its config (the fork inherits it): rlimits for operation helpers.
 HELPER_LIMITS: dict[str, int] = {"processes": 0, "address_space": 0, "cpu": 0, "open_files": 0}
 
+HELPER_NICE = 5
 COMMIT_RE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z_./~^@{}-]{0,199}$")  # a revision, never an option
 
 GIT_FLAGS = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false"]
@@ -176,8 +178,9 @@ def _write(root: str, a: dict[str, Any]) -> dict[str, Any]:
     with os.fdopen(fd, "wb") as fh:
         try:
             fh.write(data)
+            fh.flush()
         except OSError as exc:
-            raise OpError("quota", f"{rel}: {exc.strerror} (file size limit)") from None
+            raise OpError("quota", f"{rel}: {exc.strerror} (file size limit or disk quota)") from None
     return {"path": rel, "size": len(data)}
 
 
@@ -203,13 +206,16 @@ def _delete(root: str, a: dict[str, Any]) -> dict[str, Any]:
     return {"path": rel}
 
 
-def disk_usage(root: str) -> int:
-    total = 0
-    for dirpath, dirs, files in os.walk(root, followlinks=False):
-        for name in dirs + files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
+def disk_usage(*roots: str) -> tuple[int, int]:
+    """(bytes allocated, inodes) of the trees under ``roots`` (symlinks not followed)."""
+    total = inodes = 0
+    for top in roots:
+        for dirpath, dirs, files in os.walk(top, followlinks=False):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                    inodes += 1
+    return total, inodes
 
 
 def _init(root: str, tmp: str) -> None:
@@ -217,8 +223,26 @@ def _init(root: str, tmp: str) -> None:
         git("init", "-q", "-b", "main", tmp=tmp)
 
 
+def _clear_stale_locks() -> list[str]:
+    """Remove git lock files left by a git that was killed (a worker restart during a save): saves of a
+    session run one at a time (its git lock), so a lock seen here belongs to no running save."""
+    removed = []
+    candidates = [
+        os.path.join(".git", n) for n in ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock")
+    ]
+    for dirpath, _dirs, files in os.walk(os.path.join(".git", "refs")):
+        candidates += [os.path.join(dirpath, f) for f in files if f.endswith(".lock")]
+    for path in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.isfile(path) or os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
 def _save(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
     _init(root, tmp)
+    _clear_stale_locks()
     git("add", "-A", tmp=tmp)
     message = a.get("message") if isinstance(a.get("message"), str) and a.get("message") else "save"
     if git("status", "--porcelain", tmp=tmp).strip():
@@ -419,7 +443,8 @@ def dispatch(op: str, root: str, args: dict[str, Any], tmp: str, max_bytes: int)
     if op == "delete":
         return _delete(root, args)
     if op == "du":
-        return {"bytes": disk_usage(root)}
+        used, inodes = disk_usage(root, tmp)
+        return {"bytes": used, "inodes": inodes}
     if op == "save":
         return _save(root, args, tmp)
     if op == "restore":
@@ -433,7 +458,15 @@ def dispatch(op: str, root: str, args: dict[str, Any], tmp: str, max_bytes: int)
 
 
 def _child(  # noqa: PLR0917
-    wfd: int, account: Account, root: str, tmp: str, op: str, args: dict[str, Any], fsize: int, max_bytes: int
+    wfd: int,
+    account: Account,
+    root: str,
+    tmp: str,
+    op: str,
+    args: dict[str, Any],
+    fsize: int,
+    max_bytes: int,
+    mounts: list[tuple[str, str]] | None,
 ) -> None:
     try:
         os.dup2(wfd, 3)
@@ -443,6 +476,17 @@ def _child(  # noqa: PLR0917
         os.closerange(4, 65536)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
+        _prctl_pdeathsig()
+        os.nice(HELPER_NICE)  # below the worker (heartbeats) and the engines (executions)
+        if mounts is not None:
+            # like an engine: own PID/mount/IPC namespaces (whatever git filters start dies with us)
+            isolation.unshare(isolation.NAMESPACES)
+            inner = os.fork()
+            if inner:
+                os.close(3)
+                isolation.keeper_loop(inner)
+            _prctl_pdeathsig()
+            isolation.enter_private_mounts(mounts)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
         # git may run commands the workspace controls (.gitattributes filters): same caps as user code
@@ -490,13 +534,15 @@ async def run_as(
     fsize: int,
     max_bytes: int,
     limit_seconds: float = 120,
+    mounts: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Run workspace operation ``op`` as ``account`` in ``root``; returns its result or raises OpError."""
+    """Run workspace operation ``op`` as ``account`` in ``root``; returns its result or raises OpError.
+    With ``mounts`` (isolation on), the helper gets its own namespaces and those private mounts."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(rfd)
-        _child(wfd, account, str(root), str(tmp), op, args, fsize, max_bytes)
+        _child(wfd, account, str(root), str(tmp), op, args, fsize, max_bytes, mounts)
     os.close(wfd)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 30)
@@ -520,6 +566,12 @@ async def run_as(
     return ok
 
 
+def _prctl_pdeathsig() -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
@@ -537,10 +589,18 @@ def prepare_dir(path: Path, account: Account) -> None:
 
 
 def private_tmp(base: Path, account: Account) -> Path:
-    """A fresh per-uid temporary directory (TMPDIR, DOT_SAGE, MPLCONFIGDIR live there)."""
+    """A fresh per-uid directory holding the workspace's private ``tmp``, ``var-tmp``, ``shm`` and
+    ``lock`` (bound over /tmp, /var/tmp, /dev/shm and /run/lock in its mount namespace; TMPDIR,
+    DOT_SAGE and MPLCONFIGDIR point into ``tmp``). Owned by the workspace user, so what is written
+    there counts in its quota; removed when the session closes (blocking: call it in an executor)."""
+    from sagews.worker.isolation import PRIVATE_DIRS
+
     path = base / account.name
     if path.exists():
         shutil.rmtree(path, ignore_errors=True)
     path.mkdir(mode=0o700)
     os.chown(path, account.uid, account.gid)
+    for name in PRIVATE_DIRS:
+        (path / name).mkdir(mode=0o700)
+        os.chown(path / name, account.uid, account.gid)
     return path

@@ -1,6 +1,7 @@
 """The zygote: a small root process that pre-imports the engines once and forks session children.
 
-The server starts it (``python -m sagews.worker.zygote FD ENGINES``) with one end of a
+The server starts it (``python -m sagews.worker.zygote FD ENGINES isolate|plain``), in a minimal
+environment (nothing of the worker's reaches the engines' memory), with one end of a
 SOCK_SEQPACKET pair. Messages are single JSON datagrams; ``spawn`` carries the child's control
 socket and its stdout/stderr pipe ends as SCM_RIGHTS file descriptors. Forks are cheap (the
 children share the imported engine pages copy-on-write), so a warm session starts in milliseconds.
@@ -18,13 +19,26 @@ import sys
 from typing import Any
 
 from sagews.worker import engine as engine_mod
+from sagews.worker import isolation
 
 
 def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.send(json.dumps(msg).encode())
 
 
-def _spawn(fds: list[int], engines: list[str]) -> int:
+def _quiet() -> None:
+    """Keep no descriptor of the engine's (its pipes and socket reach EOF when the engine ends)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.closerange(3, 65536)
+
+
+def _spawn(fds: list[int], engines: list[str], isolate: bool) -> int:
+    """Fork an engine. With ``isolate``, into new PID/mount/IPC namespaces (sagews/worker/isolation.py):
+    the returned pid is a keeper in our namespace, whose child is the new namespace's init (PID 1),
+    whose child is the engine; each dies with its parent (parent-death signal), so killing the
+    keeper ends the whole namespace."""
     ctrl, out, err = fds
     pid = os.fork()
     if pid:
@@ -32,6 +46,19 @@ def _spawn(fds: list[int], engines: list[str]) -> int:
     try:
         os.setsid()
         engine_mod._prctl(engine_mod.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if isolate:
+            isolation.unshare(isolation.NAMESPACES)
+            init = os.fork()
+            if init:
+                _quiet()
+                isolation.keeper_loop(init)
+            engine_mod._prctl(engine_mod.PR_SET_PDEATHSIG, signal.SIGKILL)
+            engine = os.fork()
+            if engine:
+                _quiet()
+                isolation.init_loop(engine)
+            os.setsid()
+            engine_mod._prctl(engine_mod.PR_SET_PDEATHSIG, signal.SIGKILL)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(out, 1)
@@ -50,6 +77,7 @@ def main(argv: list[str]) -> int:
     engine_mod._prctl(engine_mod.PR_SET_PDEATHSIG, signal.SIGKILL)
     sock = socket.socket(fileno=int(argv[0]))
     wanted = json.loads(argv[1])
+    isolate = len(argv) > 2 and argv[2] == "isolate"
     available = engine_mod.preload(wanted)
     rfd, wfd = os.pipe()
     os.set_blocking(wfd, False)
@@ -76,6 +104,8 @@ def main(argv: list[str]) -> int:
                     if pid == 0:
                         break
                     children.discard(pid)
+                    if isolate:
+                        status = isolation.decode_init_status(status)
                     _send(sock, {"op": "exited", "pid": pid, "status": status})
                 continue
             try:
@@ -89,7 +119,7 @@ def main(argv: list[str]) -> int:
                 return 0
             msg = json.loads(data)
             if msg.get("op") == "spawn" and len(fds) == 3:
-                pid = _spawn(fds, available)
+                pid = _spawn(fds, available, isolate)
                 children.add(pid)
                 _send(sock, {"op": "spawned", "token": msg["token"], "pid": pid})
             for fd in fds:

@@ -8,13 +8,39 @@
   const root = () => $("#app");
   const state = { user: null, conn: null, ws: null };
 
-  // ---- messages shown to the user (server errors in words)
+  // ---- messages shown to the user (server errors in words). One slot for problems (error, warning) and one
+  // for confirmations (info): a new message replaces the one in its slot, the same message again counts
+  // up ("×3") instead of stacking; each can be dismissed (× or Esc) and goes away by itself.
+  const slots = {};
   function flash(msg, kind) {
+    kind = kind || "error";
+    const slot = kind === "info" ? "info" : "problem";
     const box = $("#flash");
-    const n = el("div", { class: "flash " + (kind || "error"), role: kind === "info" ? "status" : "alert" }, msg, el("button", { class: "close", "aria-label": "Dismiss", onclick: () => n.remove() }, "×"));
+    const old = slots[slot];
+    let count = 1;
+    if (old && old.node.isConnected) {
+      if (old.msg === msg && old.kind === kind) count = old.count + 1;
+      clearTimeout(old.timer);
+      old.node.remove();
+    }
+    const dismiss = () => {
+      n.remove();
+      if (slots[slot] && slots[slot].node === n) delete slots[slot];
+    };
+    const n = el(
+      "div",
+      { class: "flash " + kind, role: kind === "info" ? "status" : "alert" },
+      el("span", { class: "flash-text" }, msg),
+      count > 1 ? el("span", { class: "flash-count", title: "shown " + count + " times" }, " ×" + count) : null,
+      el("button", { class: "close", "aria-label": "Dismiss", title: "Dismiss (Esc)", onclick: dismiss }, "×"),
+    );
     box.appendChild(n);
-    setTimeout(() => n.remove(), kind === "info" ? 6000 : 20000);
+    slots[slot] = { node: n, msg, kind, count, timer: setTimeout(dismiss, kind === "info" ? 6000 : 20000) };
   }
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape" || document.querySelector(".backdrop") || (e.target.closest && e.target.closest(".CodeMirror, .xterm"))) return;
+    for (const k of Object.keys(slots)) slots[k].node.querySelector(".close").click();
+  });
   function describe(e) {
     if (!e) return "Unknown error";
     const words = {

@@ -46,44 +46,77 @@
     }
   }
 
+  // How a document's text becomes cells and back, and which cell kinds it offers.
+  //   sagews: per-cell engine (Sage/Python) or a text cell (Markdown/HTML), docs/worksheet-format.md
+  //   ipynb: one kernel for the notebook, cells are Code/Markdown/Raw (js/notebook.js)
+  const FORMATS = {
+    sagews: {
+      parse: (t) => WS.parse(t),
+      serialize: (m) => WS.serialize(m),
+      kinds: [
+        ["sage", "Sage"],
+        ["python", "Python"],
+        ["markdown", "Markdown"],
+        ["html", "HTML"],
+      ],
+      engineLabel: "New cells",
+    },
+    ipynb: {
+      parse: (t) => SW.notebook.parse(t),
+      serialize: (m) => SW.notebook.serialize(m),
+      kinds: [
+        ["code", "Code"],
+        ["markdown", "Markdown"],
+        ["raw", "Raw"],
+      ],
+      engineLabel: "Kernel",
+    },
+  };
+  const TEXT_KINDS = ["markdown", "html", "raw"];
+  const MODE = { markdown: "markdown", html: "htmlmixed", raw: null };
+  const MAGIC = /^%(md|markdown|html)[ \t]*(?:\n|$)/; // a Sage-style first line turns a code cell into text
+
   class Cell {
     constructor(doc, data) {
       this.doc = doc;
       this.data = data;
       const ro = doc.ctx.readOnly;
       this.status = el("span", { class: "cell-status", role: "status", "aria-live": "polite" });
-      this.runBtn = el("button", { class: "run", title: "Run (Shift-Enter)", disabled: ro, onclick: () => this.run(false) }, "▶ Run");
+      this.runBtn = el("button", { class: "run", title: "Run (Shift-Enter)", disabled: ro, onclick: () => (this.isText && !this.editing ? this.edit() : this.run(false)) }, "▶ Run");
       this.outBox = el("div", { class: "cell-output", "aria-label": "Output", "aria-live": "polite" });
-      this.engineSel = el(
+      this.kindSel = el(
         "select",
-        {
-          class: "engine",
-          "aria-label": "Engine",
-          disabled: ro,
-          onchange: () => {
-            this.data.engine = this.engineSel.value;
-            doc.ctx.onChange();
-          },
-        },
-        el("option", { value: "sage" }, "Sage"),
-        el("option", { value: "python" }, "Python"),
+        { class: "engine", "aria-label": "Cell type", title: "Cell type: engine, or a text cell", disabled: ro, onchange: () => this.setKind(this.kindSel.value) },
+        doc.format.kinds.map(([v, label]) => el("option", { value: v }, label)),
       );
-      this.engineSel.value = data.engine === "python" ? "python" : "sage";
       this.inBox = el("div", { class: "cell-input" });
+      this.rendered = el("div", {
+        class: "cell-rendered",
+        tabindex: "0",
+        title: ro ? null : "Double-click or press Enter to edit",
+        ondblclick: () => this.edit(),
+        onkeydown: (e) => {
+          if (e.key === "Enter" && !e.shiftKey && e.target === this.rendered) {
+            e.preventDefault();
+            this.edit();
+          }
+        },
+      });
       const tools = el(
         "div",
         { class: "cell-tools" },
         this.runBtn,
         el("button", { class: "secondary add-below", title: "Insert a cell below (Alt-Enter runs and inserts)", disabled: ro, onclick: () => doc.insertAfter(this, true) }, "+ Cell"),
-        el("button", { class: "secondary del-cell", title: "Delete this cell", disabled: ro, onclick: () => doc.removeCell(this) }, "✕"),
-        this.engineSel,
+        el("button", { class: "secondary del-cell", title: "Delete this cell", "aria-label": "Delete this cell", disabled: ro, onclick: () => doc.removeCell(this) }, "✕"),
+        this.kindSel,
         this.status,
       );
-      this.node = el("section", { class: "cell", tabindex: "-1", dataset: { cellId: data.id } }, this.inBox, tools, this.outBox);
+      this.node = el("section", { class: "cell", tabindex: "-1", dataset: { cellId: data.id } }, this.inBox, this.rendered, tools, this.outBox);
       this.cm = cm(this.inBox, data.input, {
         mode: "python",
         readOnly: ro,
         lineNumbers: false,
+        lineWrapping: true,
         extraKeys: {
           "Shift-Enter": () => this.run(true),
           "Ctrl-Enter": () => this.run(false),
@@ -106,6 +139,72 @@
       });
       this.view = new WS.OutputView(this.outBox);
       for (const f of data.outputs) this.view.add(f);
+      this.showKind();
+      this.editing = !this.isText || !data.input.trim();
+      this.showEditing();
+    }
+
+    get isText() {
+      return TEXT_KINDS.includes(this.data.type);
+    }
+
+    get kind() {
+      if (this.isText) return this.data.type;
+      return this.doc.formatName === "ipynb" ? "code" : this.data.engine === "python" ? "python" : "sage";
+    }
+
+    showKind() {
+      this.kindSel.value = this.kind;
+      this.node.classList.toggle("text-cell", this.isText);
+      this.cm.setOption("mode", this.isText ? MODE[this.data.type] : "python");
+    }
+
+    // the cell-type switch: an engine (code cell) or a text type
+    setKind(kind) {
+      const d = this.data;
+      if (TEXT_KINDS.includes(kind)) {
+        d.type = kind;
+        d.outputs = [];
+        this.view.reset();
+        this.setRunning(false, "");
+      } else {
+        delete d.type;
+        d.engine = kind === "code" ? this.doc.model.engine : kind;
+        this.editing = true;
+      }
+      this.showKind();
+      this.showEditing();
+      this.doc.ctx.onChange();
+    }
+
+    showEditing() {
+      const text = this.isText;
+      const edit = !text || this.editing;
+      this.inBox.hidden = !edit;
+      this.rendered.hidden = edit;
+      this.outBox.hidden = text;
+      this.runBtn.textContent = !text ? "▶ Run" : edit ? "▶ Show" : "✎ Edit";
+      this.runBtn.title = !text ? "Run (Shift-Enter)" : edit ? "Show the rendered text (Shift-Enter)" : "Edit (Enter or double-click)";
+      if (!edit) this.renderText();
+      else this.cm.refresh();
+    }
+
+    renderText() {
+      clear(this.rendered);
+      const d = this.data;
+      if (!d.input.trim()) {
+        this.rendered.append(el("p", { class: "hint" }, "Empty " + d.type + " cell: double-click to edit."));
+        return;
+      }
+      if (d.type === "raw") this.rendered.append(el("pre", { class: "raw-cell" }, d.input));
+      else this.rendered.append(SW.markdown.render(d.input, d.type, d.nb && d.nb.attachments));
+    }
+
+    edit() {
+      if (this.doc.ctx.readOnly || !this.isText) return;
+      this.editing = true;
+      this.showEditing();
+      this.cm.focus();
     }
 
     setRunning(on, label) {
@@ -117,13 +216,26 @@
     async run(advance) {
       const doc = this.doc;
       if (doc.ctx.readOnly) return;
-      if (advance === true) doc.focusNext(this);
-      else if (advance === "insert") doc.insertAfter(this, true);
       const code = this.cm.getValue();
       this.data.input = code;
+      const magic = !this.isText && doc.formatName === "sagews" && code.match(MAGIC);
+      if (magic) {
+        this.data.input = code.slice(magic[0].length);
+        this.cm.setValue(this.data.input);
+        this.setKind(magic[1] === "html" ? "html" : "markdown");
+      }
+      if (advance === true) doc.focusNext(this);
+      else if (advance === "insert") doc.insertAfter(this, true);
+      if (this.isText) {
+        this.editing = false;
+        this.showEditing();
+        doc.ctx.onChange();
+        return true;
+      }
       this.data.outputs = [];
       this.view.reset();
       this.setRunning(true, "queued…");
+      if (doc.formatName === "ipynb") this.data.nb = Object.assign(this.data.nb || {}, { execution_count: ++doc.execCount });
       doc.ctx.onChange();
       let cut = false;
       const collect = (f) => {
@@ -137,7 +249,7 @@
       };
       let final;
       try {
-        final = await doc.ctx.exec(code, this.data.engine, collect);
+        final = await doc.ctx.exec(code, doc.formatName === "ipynb" ? doc.model.engine : this.data.engine, collect);
       } catch (e) {
         final = e.code === "disconnected" ? { type: "done", status: "lost" } : { type: "error", code: e.code, message: e.message };
       }
@@ -152,33 +264,65 @@
     }
   }
 
+  // A worksheet (.sagews) or a notebook (.ipynb): a list of cells over one document model.
   class WorksheetDoc {
     constructor(box, path, text, ctx) {
       this.path = path;
       this.ctx = ctx;
+      this.formatName = SW.notebook.isNotebook(path) ? "ipynb" : "sagews";
+      this.format = FORMATS[this.formatName];
+      this.model = this.format.parse(text); // throws NotebookError for a broken .ipynb: nothing is built
+      this.engineSel = el(
+        "select",
+        {
+          id: "default-engine",
+          "aria-label": this.format.engineLabel,
+          disabled: ctx.readOnly,
+          onchange: () => this.setEngine(this.engineSel.value),
+        },
+        el("option", { value: "sage" }, "Sage"),
+        el("option", { value: "python" }, "Python"),
+      );
+      this.bar = el("div", { class: "ws-doc-bar" }, el("label", {}, this.format.engineLabel + ": ", this.engineSel));
       this.box = el("div", { class: "worksheet" });
-      box.appendChild(this.box);
+      box.append(this.bar, this.box);
       this.cells = [];
-      this.setText(text);
+      this.build();
     }
 
-    setText(text) {
+    build() {
       clear(this.box);
-      this.cells = WS.parse(text).cells.map((d) => new Cell(this, d));
+      this.engineSel.value = this.model.engine;
+      this.execCount = Math.max(0, ...this.model.cells.map((c) => (c.nb && Number.isInteger(c.nb.execution_count) ? c.nb.execution_count : 0)));
+      this.cells = this.model.cells.map((d) => new Cell(this, d));
       for (const c of this.cells) this.box.appendChild(c.node);
       // CodeMirror measures itself when created; these were created before being attached
       for (const c of this.cells) c.cm.refresh();
     }
 
+    setText(text) {
+      this.model = this.format.parse(text);
+      this.build();
+    }
+
+    // the worksheet's default engine (new cells get it); a notebook's kernel (every code cell uses it)
+    setEngine(engine) {
+      this.model.engine = engine;
+      if (this.formatName === "ipynb") for (const c of this.cells) if (!c.isText) c.data.engine = engine;
+      this.ctx.onChange();
+    }
+
     getText() {
-      return WS.serialize({ cells: this.cells.map((c) => c.data) });
+      this.model.cells = this.cells.map((c) => c.data);
+      return this.format.serialize(this.model);
     }
 
     focus() {
-      if (this.cells[0]) this.cells[0].cm.focus();
+      const c = this.cells.find((x) => !x.isText || x.editing) || this.cells[0];
+      if (c) (c.editing || !c.isText ? c.cm : c.rendered).focus();
     }
 
-    // Runs every cell in order, stopping at the first that does not end "ok".
+    // Runs every cell in order (text cells are rendered), stopping at the first that does not end "ok".
     async runAll() {
       for (const c of this.cells.slice()) {
         if (!c.cm.getValue().trim()) continue;
@@ -196,7 +340,7 @@
     }
 
     insertAfter(cell, focus) {
-      const c = new Cell(this, { id: WS.newId(), engine: cell ? cell.data.engine : "sage", input: "", outputs: [] });
+      const c = new Cell(this, { id: WS.newId(), engine: this.model.engine, input: "", outputs: [] });
       const i = cell ? this.cells.indexOf(cell) + 1 : this.cells.length;
       this.cells.splice(i, 0, c);
       this.box.insertBefore(c.node, this.cells[i + 1] ? this.cells[i + 1].node : null);
@@ -208,8 +352,10 @@
 
     focusNext(cell) {
       const i = this.cells.indexOf(cell);
-      if (i + 1 < this.cells.length) this.cells[i + 1].cm.focus();
-      else this.insertAfter(cell, true);
+      const next = this.cells[i + 1];
+      if (!next) this.insertAfter(cell, true);
+      else if (next.isText && !next.editing) next.rendered.focus();
+      else next.cm.focus();
     }
 
     removeCell(cell) {
@@ -217,7 +363,7 @@
       this.cells.splice(i, 1);
       cell.node.remove();
       if (!this.cells.length) this.insertAfter(null, true);
-      else this.cells[Math.min(i, this.cells.length - 1)].cm.focus();
+      else this.cells[Math.min(i, this.cells.length - 1)].node.focus();
       this.ctx.onChange();
     }
 
@@ -233,5 +379,5 @@
     }
   }
 
-  SW.editor = { TextDoc, WorksheetDoc, Cell, isWorksheet: (p) => /\.sagews$/.test(p) };
+  SW.editor = { TextDoc, WorksheetDoc, Cell, isWorksheet: (p) => /\.(sagews|ipynb)$/i.test(p) };
 })();

@@ -81,14 +81,17 @@
     members: async (id) => (await http("GET", "/api/workspaces/" + enc(id) + "/members")).members || [],
     // role: editor | viewer | none (none removes the share)
     share: (id, username, role) => http("POST", "/api/workspaces/" + enc(id) + "/share", { username, role }),
-    // -> the URL of the published page ("/pub/<slug>")
-    publish: async (id, path) => (await http("POST", "/api/workspaces/" + enc(id) + "/publish", { path })).url,
-    // -> [{path, url}] of the workspace's published files
+    // -> the URL of the published page ("/pub/<slug>"). A file's current text, or (folder: true) a folder's
+    // files as of the last saved version: a read-only site; its path is then "dir/" ("/" = the workspace)
+    publish: async (id, path, folder) => (await http("POST", "/api/workspaces/" + enc(id) + "/publish", folder ? { path, folder: true } : { path })).url,
+    // -> [{path, url, updated}] of the workspace's published files and sites (site paths end with "/")
     published: async (id) => (await http("GET", "/api/workspaces/" + enc(id) + "/published")).published || [],
     unpublish: (id, path) => http("POST", "/api/workspaces/" + enc(id) + "/unpublish", { path }),
     downloadUrl: (id, format) => "/api/workspaces/" + enc(id) + "/download?format=" + enc(format),
-    // Published page data (no login): /pub/<slug>/raw -> {path, workspace, text, published}
-    pubRaw: (slug) => http("GET", "/pub/" + slug.split("/").map(enc).join("/") + "/raw"),
+    // Published page data (no login): /pub/<slug>/raw -> {path, workspace, text|b64, published} for a file,
+    // {path: "dir/", workspace, published, site: {files: [{path, size}], skipped}} for a site, whose
+    // files are at /pub/<slug>/raw?path=<path relative to the site>
+    pubRaw: (slug, path) => http("GET", "/pub/" + enc(slug) + "/raw" + (path ? "?path=" + enc(path) : "")),
   };
 
   // ---- SockJS connection: reconnects by itself; the app re-opens its workspace on "open".
@@ -253,7 +256,8 @@
         const m = await r("read", commit ? { path, commit } : { path });
         return { text: m.text, b64: m.b64, size: m.size };
       },
-      write: (path, data) => r("write", Object.assign({ path }, data)), // data: {text} or {b64}
+      // data: {text} or {b64}; -> {path, size, warning?} (warning: e.g. a notebook nbformat finds invalid)
+      write: (path, data) => r("write", Object.assign({ path }, data)),
       rename: (src, dst) => r("rename", { src, dst }),
       remove: (path) => r("delete", { path }),
       mkdir: (path) => r("write", { path: path.replace(/\/+$/, "") + "/.keep", text: "" }),

@@ -17,14 +17,23 @@
     return out;
   }
 
-  // text -> {cells: [{id, engine, input, outputs: [frame...]}]}
+  const ENGINES = ["sage", "python"];
+  const TEXT_TYPES = ["markdown", "html"];
+
+  // text -> {engine, cells: [{id, engine, input, outputs: [frame...]} or {id, type: markdown|html, input}]}
+  // `engine` is the worksheet's default engine (header attribute; sage when absent): new cells get it.
   function parse(text) {
     const lines = text.replace(/\r\n/g, "\n").split("\n");
     const cells = [];
     let cur = null;
     let mode = null;
     let i = 0;
-    if (lines[0] && lines[0].startsWith("#sagews")) i = 1;
+    let engine = "sage";
+    if (lines[0] && lines[0].startsWith("#sagews")) {
+      const a = parseAttrs(lines[0].replace(/^#sagews worksheet v\d+/, ""));
+      if (ENGINES.includes(a.engine)) engine = a.engine;
+      i = 1;
+    }
     const inputLines = [];
     const flush = () => {
       if (cur && mode === "input") cur.input = inputLines.join("\n").replace(/\n+$/, "");
@@ -36,7 +45,7 @@
       if (m && m[1] === "cell") {
         flush();
         const a = parseAttrs(m[2]);
-        cur = { id: a.id || newId(), engine: a.engine || "sage", input: "", outputs: [] };
+        cur = TEXT_TYPES.includes(a.type) ? { id: a.id || newId(), type: a.type, input: "", outputs: [] } : { id: a.id || newId(), engine: ENGINES.includes(a.engine) ? a.engine : engine, input: "", outputs: [] };
         cells.push(cur);
         mode = "input";
       } else if (m && m[1] === "output" && cur) {
@@ -53,7 +62,7 @@
       } else {
         if (!cur) {
           if (line === "") continue;
-          cur = { id: newId(), engine: "sage", input: "", outputs: [] };
+          cur = { id: newId(), engine, input: "", outputs: [] };
           cells.push(cur);
           mode = "input";
         }
@@ -61,17 +70,18 @@
       }
     }
     if (cur && mode === "input") cur.input = inputLines.join("\n").replace(/\n+$/, "");
-    if (!cells.length) cells.push({ id: newId(), engine: "sage", input: "", outputs: [] });
-    return { cells };
+    if (!cells.length) cells.push({ id: newId(), engine, input: "", outputs: [] });
+    return { engine, cells };
   }
 
   function serialize(ws) {
-    const out = [HEADER];
+    const out = [ws.engine && ws.engine !== "sage" ? HEADER + " engine=" + ws.engine : HEADER];
     for (const c of ws.cells) {
-      out.push("#%% cell id=" + c.id + " engine=" + (c.engine || "sage"));
+      const text = TEXT_TYPES.includes(c.type);
+      out.push("#%% cell id=" + c.id + (text ? " type=" + c.type : " engine=" + (c.engine || ws.engine || "sage")));
       const input = c.input.replace(/\n+$/, "");
       if (input !== "") for (const l of input.split("\n")) out.push(/^\\*#%%/.test(l) ? "\\" + l : l);
-      if (c.outputs && c.outputs.length) {
+      if (!text && c.outputs && c.outputs.length) {
         out.push("#%% output id=" + c.id);
         for (const o of c.outputs) out.push(JSON.stringify(o));
       }
@@ -167,8 +177,8 @@
         this.box.appendChild(renderMime(f.data, f.type === "result" ? "out-result" : "out-stdout"));
       } else if (f.type === "exception") {
         const tb = Array.isArray(f.traceback) ? f.traceback.join("") : f.traceback || "";
-        const last = (f.ename || "Error") + (f.evalue ? ": " + f.evalue : "");
-        const shown = tb.includes(last) ? tb.replace(/\n+$/, "") : (tb ? tb.replace(/\n*$/, "\n") : "") + last;
+        // the traceback ends with the exception's line (worker and Jupyter alike): shown once, as sent
+        const shown = tb.trim() ? tb.replace(/\n+$/, "") : (f.ename || "Error") + (f.evalue ? ": " + f.evalue : "");
         this.box.appendChild(el("pre", { class: "out-error" }, shown));
       } else if (f.type === "done") {
         const msgs = {
@@ -185,5 +195,28 @@
     }
   }
 
-  SW.worksheet = { parse, serialize, newId, OutputView, renderMime, MAX_CHARS };
+  // A document's cells, read-only (history previews, published pages): code and its outputs, text cells
+  // rendered. path decides the format (.ipynb or .sagews); opts.resolve(src) may map relative image/link
+  // targets (published sites).
+  function parseAny(path, text) {
+    return /\.ipynb$/i.test(path) ? SW.notebook.parse(text) : parse(text);
+  }
+
+  function renderCells(box, path, text, opts) {
+    const model = parseAny(path, text);
+    for (const c of model.cells) {
+      if (!c.input.trim() && !(c.outputs || []).length) continue;
+      if (c.type === "raw") box.append(el("section", { class: "cell pub-cell text-cell" }, el("pre", { class: "raw-cell" }, c.input)));
+      else if (c.type) box.append(el("section", { class: "cell pub-cell text-cell" }, SW.markdown.render(c.input, c.type, c.nb && c.nb.attachments, opts)));
+      else {
+        const out = el("div", { class: "cell-output" });
+        const v = new OutputView(out);
+        (c.outputs || []).forEach((f) => v.add(f));
+        box.append(el("section", { class: "cell pub-cell" }, el("pre", { class: "cell-src" }, c.input), out));
+      }
+    }
+    return model;
+  }
+
+  SW.worksheet = { parse, parseAny, renderCells, serialize, newId, OutputView, renderMime, MAX_CHARS, ENGINES, TEXT_TYPES };
 })();

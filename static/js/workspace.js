@@ -46,17 +46,28 @@
       this.treeEl = el("ul", { class: "tree", "aria-label": "Files" });
       this.crumbEl = el("div", { class: "crumbs" });
       this.treeTools = el("div", { class: "tree-tools" });
+      this.siteEl = el("div", { class: "site-state" });
       this.docHead = el("div", { class: "doc-head" });
       this.docBox = el("div", { class: "doc-box" });
       this.saveEl = el("span", { id: "save-state", class: "save-state", role: "status", dataset: { state: "saved" } }, "");
       this.historyEl = el("aside", { class: "history", hidden: true, "aria-label": "History" });
       this.upload = el("input", { type: "file", class: "hidden-input", "aria-label": "Upload a file", multiple: true, onchange: () => this.doUpload() });
       const dl = (fmt, label) => el("a", { class: "button secondary", href: api.downloadUrl(this.id, fmt), download: "" }, label);
+      // on narrow screens the file list is a drawer over the document, opened with this button
+      this.filesBtn = el("button", { class: "secondary small files-toggle", id: "files-toggle", "aria-expanded": "false", "aria-controls": "files-nav", onclick: () => this.toggleFiles() }, "☰ Files");
+      this.filesNav = el("nav", { class: "files", id: "files-nav", "aria-label": "Files" }, this.treeTools, this.crumbEl, this.treeEl, this.siteEl, this.upload);
+      this.filesNav.addEventListener("keydown", (e) => {
+        if (e.key === "Escape" && this.filesNav.classList.contains("open") && !document.querySelector(".backdrop")) {
+          this.toggleFiles(false);
+          this.filesBtn.focus();
+        }
+      });
       clear(this.root).append(
         this.topbar(this.presenceEl, this.connEl),
         el(
           "div",
           { class: "ws-bar" },
+          this.filesBtn,
           el("a", { href: "#/", class: "back" }, "← Workspaces"),
           this.nameEl,
           this.roleEl,
@@ -64,7 +75,7 @@
           dl("bundle", "Download .bundle"),
           dl("zip", "Download .zip"),
         ),
-        el("div", { class: "ws-main" }, el("nav", { class: "files" }, this.treeTools, this.crumbEl, this.treeEl, this.upload), el("main", { class: "doc" }, this.docHead, this.docBox), this.historyEl),
+        el("div", { class: "ws-main" }, this.filesNav, el("main", { class: "doc" }, this.docHead, this.docBox), this.historyEl),
       );
       api.workspace(this.id).then(
         (w) => {
@@ -144,6 +155,24 @@
       document.body.classList.remove("read-only");
     }
 
+    toggleFiles(open) {
+      const on = open === undefined ? !this.filesNav.classList.contains("open") : open;
+      this.filesNav.classList.toggle("open", on);
+      this.filesBtn.setAttribute("aria-expanded", String(on));
+      if (on) {
+        const first = this.filesNav.querySelector("button");
+        if (first) first.focus();
+      }
+    }
+
+    // the size shown in the tree for one file, after a write (no new listing needed)
+    updateSize(path, size) {
+      if (typeof size !== "number") return;
+      const row = [...this.treeEl.querySelectorAll("li.entry")].find((li) => li.dataset.path === path);
+      if (row) row.querySelector(".size").textContent = fmtSize(size);
+      else if (join(this.dir, path.split("/").pop()) === path) this.refreshTree(); // a new file here
+    }
+
     renderTreeTools() {
       clear(this.treeTools);
       if (this.readOnly) return;
@@ -169,6 +198,7 @@
       this.crumbEl.append(el("button", { class: "link", onclick: () => this.cd(".") }, "/"));
       parts.forEach((p, i) => this.crumbEl.append(" ", el("button", { class: "link", onclick: () => this.cd(parts.slice(0, i + 1).join("/")) }, p), " /"));
       clear(this.treeEl);
+      this.showSite();
       const entries = r.filter((e) => e.name !== ".git" && e.name !== ".keep");
       entries.sort((a, b) => (b.type === "dir") - (a.type === "dir") || a.name.localeCompare(b.name));
       if (!entries.length) this.treeEl.append(el("li", { class: "empty" }, "No files yet."));
@@ -182,7 +212,13 @@
 
     entryRow(e) {
       const path = join(this.dir, e.name);
-      const open = e.type === "dir" ? () => this.cd(path) : () => (location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(path));
+      const open =
+        e.type === "dir"
+          ? () => this.cd(path)
+          : () => {
+              this.toggleFiles(false);
+              location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(path);
+            };
       const icon = e.type === "dir" ? "▸ " : SW.editor.isWorksheet(e.name) ? "∑ " : "";
       const b = (label, fn, title) => el("button", { class: "icon", title: title + " " + e.name, "aria-label": title + " " + e.name, onclick: fn }, label);
       return el(
@@ -210,7 +246,10 @@
         await this.guard(this.session.write(path, { text }));
       }
       await this.refreshTree();
-      if (kind !== "folder") location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(path);
+      if (kind !== "folder") {
+        this.toggleFiles(false);
+        location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(path);
+      }
     }
 
     async rename(path, name) {
@@ -297,9 +336,20 @@
         onSave: () => this.saveVersion(),
         exec: (code, engine, onFrame) => this.session.exec(code, engine, onFrame),
       };
-      const Doc = SW.editor.isWorksheet(path) ? SW.editor.WorksheetDoc : SW.editor.TextDoc;
+      let Doc = SW.editor.isWorksheet(path) && !this.asText ? SW.editor.WorksheetDoc : SW.editor.TextDoc;
+      this.asText = false;
+      let problem = null;
+      if (Doc === SW.editor.WorksheetDoc) {
+        try {
+          SW.worksheet.parseAny(path, text);
+        } catch (e) {
+          problem = e; // e.g. a .ipynb that is not nbformat 4 JSON: open it as text, say why
+          Doc = SW.editor.TextDoc;
+        }
+      }
       this.renderDocHead(path, Doc === SW.editor.WorksheetDoc);
       this.showPublished(path);
+      if (problem) this.docBox.append(el("p", { class: "doc-problem", role: "alert" }, problem.message + " It is opened as text."));
       this.doc = new Doc(this.docBox, path, text, ctx);
       this.serverText = r.text;
       this.dirty = false;
@@ -324,9 +374,8 @@
         isWs && !ro ? b("↻ Restart", () => this.guard(this.session.restart(), "Engine restarted."), "restart") : null,
         isWs && !ro ? b("Clear outputs", () => this.doc && this.doc.clearOutputs(), "clear-outputs") : null,
         b("History", () => this.toggleHistory(), "history-btn"),
-        ro ? null : b("Publish", () => this.publish(), "publish"),
-        ro ? null : b("Unpublish", () => this.unpublish(), "unpublish"),
-        el("span", { class: "pub-link" }),
+        isWs && !ro && /\.sagews$/.test(path) ? b("Export .ipynb", () => this.exportIpynb(), "export-ipynb") : null,
+        el("span", { class: "pub-state" }),
       ]);
     }
 
@@ -372,7 +421,9 @@
       this.showSaveState();
       this.writing = (async () => {
         try {
-          await this.session.write(doc.path, { text });
+          const r = await this.session.write(doc.path, { text });
+          this.updateSize(doc.path, r.size);
+          if (r.warning) this.flash(r.warning, "warning");
           if (this.doc === doc && doc.getText() === text) {
             this.dirty = false;
             this.saveDraft.cancel();
@@ -427,7 +478,7 @@
             "li",
             { dataset: { commit: c.commit } },
             el("button", { class: "link commit", onclick: () => this.preview(c) }, c.message || "(no message)"),
-            el("div", { class: "meta" }, String(c.commit).slice(0, 8), " · ", c.author || "", " · ", fmtTime(c.date)),
+            el("div", { class: "meta" }, el("span", { class: "author" }, c.author || "?"), " · ", fmtTime(c.date), " · ", String(c.commit).slice(0, 8)),
           ),
         );
       }
@@ -448,14 +499,16 @@
         return;
       }
       const body = el("div", { class: "preview-body" });
+      let shown = false;
       if (SW.editor.isWorksheet(path) && r.text !== undefined) {
-        for (const cell of SW.worksheet.parse(r.text).cells) {
-          const out = el("div", { class: "cell-output" });
-          const v = new SW.worksheet.OutputView(out);
-          cell.outputs.forEach((f) => v.add(f));
-          body.append(el("pre", { class: "cell-src" }, cell.input), out);
+        try {
+          SW.worksheet.renderCells(body, path, r.text);
+          shown = true;
+        } catch (e) {
+          body.append(el("p", { class: "hint" }, e.message));
         }
-      } else body.append(el("pre", {}, r.text !== undefined ? r.text : "(binary)"));
+      }
+      if (!shown) body.append(el("pre", {}, r.text !== undefined ? r.text : "(binary)"));
       SW.util.append(this.previewEl, [
         el("h3", {}, path + " at " + String(c.commit).slice(0, 8)),
         this.readOnly || r.text === undefined ? null : el("button", { id: "restore-version", onclick: () => this.restore(path, r.text, c) }, "Restore this version"),
@@ -470,32 +523,99 @@
       await this.saveVersion("Restore " + path + " to " + String(c.commit).slice(0, 8));
     }
 
-    // ---- publishing
-    async publish() {
-      if (!this.doc) return;
-      if (this.dirty) await this.saveVersion();
-      const url = await this.guard(api.publish(this.id, this.doc.path));
-      const link = this.docHead.querySelector(".pub-link");
-      clear(link).append("Published: ", el("a", { href: url, target: "_blank", rel: "noopener", id: "pub-url" }, url));
+    // ---- publishing: one file (a snapshot of its text), or a folder / the whole workspace as a site
+    async publishedList() {
+      try {
+        return await api.published(this.id);
+      } catch (e) {
+        return null; // not essential: the buttons say what they can
+      }
     }
 
-    // Shows the link when the open file is already published.
-    async showPublished(path) {
-      let list = [];
-      try {
-        list = await api.published(this.id);
-      } catch (e) {
-        return; /* not essential */
+    // The open file's state: "Publish", or its link with "Update" (a new snapshot) and "Unpublish".
+    renderPubState(path, pub) {
+      const box = this.docHead.querySelector(".pub-state");
+      if (!box || !this.doc || this.doc.path !== path) return;
+      clear(box);
+      const ro = this.readOnly;
+      if (!pub) {
+        if (!ro) box.append(el("button", { class: "secondary", id: "publish", onclick: () => this.publish() }, "Publish"));
+        return;
       }
-      const p = list.find((x) => x.path === path);
-      const link = this.docHead.querySelector(".pub-link");
-      if (p && link && this.doc && this.doc.path === path) clear(link).append("Published: ", el("a", { href: p.url, target: "_blank", rel: "noopener", id: "pub-url" }, p.url));
+      box.append(
+        el("span", { class: "pub-link" }, "Published: ", el("a", { href: pub.url, target: "_blank", rel: "noopener", id: "pub-url" }, pub.url)),
+        ro ? null : el("button", { class: "secondary small", id: "republish", title: "Publish the current text again", onclick: () => this.publish() }, "Update"),
+        ro ? null : el("button", { class: "secondary small", id: "unpublish", onclick: () => this.unpublish() }, "Unpublish"),
+      );
+    }
+
+    async showPublished(path) {
+      const list = await this.publishedList();
+      if (list) this.renderPubState(path, list.find((x) => x.path === path));
+    }
+
+    async publish() {
+      if (!this.doc) return;
+      const path = this.doc.path;
+      if (this.dirty) await this.saveVersion();
+      const url = await this.guard(api.publish(this.id, path), "Published " + path + ".");
+      this.renderPubState(path, { path, url });
     }
 
     async unpublish() {
       if (!this.doc) return;
-      await this.guard(api.unpublish(this.id, this.doc.path), "Unpublished.");
-      clear(this.docHead.querySelector(".pub-link"));
+      const path = this.doc.path;
+      await this.guard(api.unpublish(this.id, path), "Unpublished " + path + ".");
+      this.renderPubState(path, null);
+    }
+
+    // the folder shown in the tree as a site: "/" is the whole workspace, else "dir/"
+    siteKey() {
+      return this.dir === "." ? "/" : this.dir + "/";
+    }
+
+    async showSite() {
+      const key = this.siteKey();
+      const list = await this.publishedList();
+      if (!list || key !== this.siteKey()) return;
+      const pub = list.find((x) => x.path === key);
+      const what = key === "/" ? "workspace" : "folder";
+      clear(this.siteEl);
+      if (pub) {
+        this.siteEl.append(
+          el("span", {}, "This " + what + " is published as a site: "),
+          el("a", { href: pub.url, target: "_blank", rel: "noopener", id: "site-url" }, pub.url),
+          this.readOnly ? null : el("button", { class: "secondary small", id: "republish-site", onclick: () => this.publishSite() }, "Update"),
+          this.readOnly ? null : el("button", { class: "secondary small", id: "unpublish-site", onclick: () => this.unpublishSite() }, "Unpublish"),
+        );
+      } else if (!this.readOnly) {
+        this.siteEl.append(el("button", { class: "secondary small", id: "publish-site", title: "Publish the files of this " + what + " (as of the last saved version) as a read-only site", onclick: () => this.publishSite() }, "Publish " + what + " as a site"));
+      }
+    }
+
+    async publishSite() {
+      const key = this.siteKey();
+      const what = key === "/" ? "the workspace" : key;
+      const again = !!this.siteEl.querySelector("#site-url");
+      await this.saveVersion("Save before publishing " + what);
+      await this.guard(api.publish(this.id, key, true), again ? "Updated the site of " + what + "." : "Published " + what + " as a site.");
+      this.showSite();
+    }
+
+    async unpublishSite() {
+      const key = this.siteKey();
+      await this.guard(api.unpublish(this.id, key), "Unpublished the site.");
+      this.showSite();
+    }
+
+    // ---- export a worksheet as a Jupyter notebook next to it (name.ipynb); the backend checks it with nbformat
+    async exportIpynb() {
+      if (!this.doc || !/\.sagews$/.test(this.doc.path)) return;
+      const target = this.doc.path.replace(/\.sagews$/, ".ipynb");
+      const text = SW.notebook.fromWorksheet(this.doc.getText());
+      const r = await this.guard(this.session.write(target, { text }), "Exported to " + target + ".");
+      if (r.warning) this.flash(r.warning, "warning");
+      this.refreshTree();
     }
   }
 

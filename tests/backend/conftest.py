@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
+import os
 import shutil
 import socket
 import subprocess
-import tempfile
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,7 +22,8 @@ from sagews.backend.config import BackendConfig, WorkerEndpoint
 from sagews.db import migrate
 from sagews.devpki import DevCA
 from tests.backend.helpers import HttpUser, WorkerProc, free_port
-from tests.fixtures.users import user_prefix
+from tests.fixtures.dirs import remove_service_dir, service_dir
+from tests.fixtures.users import pool_config
 
 _n = itertools.count(1)
 
@@ -64,10 +68,10 @@ def memcached() -> Iterator[Memcached]:
 
 @pytest.fixture(scope="session")
 def base_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sagews-backend-test-", dir="/tmp"))
+    path = service_dir("sagews-backend-test-")
     path.chmod(0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    remove_service_dir(path)
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +86,7 @@ def make_worker(base_dir: Path, pki: DevCA) -> Iterator[Callable[[], WorkerProc]
 
     def make() -> WorkerProc:
         i = len(started)
-        w = WorkerProc(base_dir / f"worker{i}", pki, user_prefix(f"b{i}"))
+        w = WorkerProc(base_dir / f"worker{i}", pki, pool_config(f"b{i}"))
         started.append(w)
         return w
 
@@ -103,8 +107,8 @@ class Backend:
         self.server = server
         self.base = f"http://127.0.0.1:{port}"
 
-    def user(self) -> HttpUser:
-        return HttpUser(self.base)
+    def user(self, ip: str | None = None) -> HttpUser:
+        return HttpUser(self.base, ip)
 
     async def new_user(self, name: str | None = None) -> HttpUser:
         u = self.user()
@@ -155,6 +159,65 @@ async def start_backend() -> AsyncIterator[Callable[[BackendConfig], Any]]:
     for b in started:
         b.server.stop()
         await b.app.stop()
+
+
+class BackendProcess:
+    """A real `sagews-backend` process (its own event loop and core, as deployed) for attacks whose
+    clients would otherwise share the test's event loop with the backend. Its log: ``.log``."""
+
+    def __init__(self, cfg: BackendConfig, tmp: Path) -> None:
+        cfg.port = free_port()
+        (tmp / "backend.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        self.log = tmp / "backend.log"
+        log_fd = os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o600)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from sagews.backend.app import main; sys.exit(main())",
+             "--config", str(tmp / "backend.json"), "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, stderr=log_fd,
+        )  # fmt: skip
+        os.close(log_fd)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if b"listening" not in line:
+            self.stop()
+            raise RuntimeError(f"sagews-backend did not start: {line!r} {self.log.read_text()[-2000:]}")
+        self.port = cfg.port
+        self.base = f"http://127.0.0.1:{cfg.port}"
+
+    def user(self, ip: str | None = None) -> HttpUser:
+        return HttpUser(self.base, ip)
+
+    async def new_user(self, name: str | None = None) -> HttpUser:
+        u = self.user()
+        code, body = await u.signup(name or f"user{next(_n)}")
+        assert code == 200, body
+        return u
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def backend_process(tmp_path: Path) -> Iterator[Callable[[BackendConfig], BackendProcess]]:
+    started: list[BackendProcess] = []
+
+    def start(cfg: BackendConfig) -> BackendProcess:
+        migrate.upgrade(cfg.db.url)
+        b = BackendProcess(cfg, tmp_path)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
 
 
 @pytest.fixture

@@ -46,10 +46,11 @@ async def wait_until(cond: Callable[[], Any], timeout: float = 20, what: str = "
 class HttpUser:
     """An HTTP client with a cookie jar that sends X-XSRFToken like static/js/protocol.js."""
 
-    def __init__(self, base: str, ca: str | None = None) -> None:
+    def __init__(self, base: str, ip: str | None = None, ca: str | None = None) -> None:
         self.base = base
         self.cookies: dict[str, str] = {}
         self.http = tornado.httpclient.AsyncHTTPClient()
+        self.ip = ip  # sent as X-Forwarded-For (a backend with xheaders takes it as the client address)
         # https: verify the server against this CA (the appliance's), as a browser that imported it would
         self.tls: dict[str, Any] = {"ca_certs": ca, "validate_cert": True} if ca else {}
 
@@ -60,6 +61,8 @@ class HttpUser:
         self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, xsrf: bool = True
     ) -> tuple[int, Any]:
         headers = {"Cookie": self.cookie_header()} if self.cookies else {}
+        if self.ip:
+            headers["X-Forwarded-For"] = self.ip
         if xsrf and "_xsrf" in self.cookies:
             headers["X-XSRFToken"] = self.cookies["_xsrf"]
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
@@ -117,6 +120,9 @@ class SockClient:
         self._task: asyncio.Task[Any] | None = None
         self.pending: list[dict[str, Any]] = []
         self.waiters: dict[Any, asyncio.Queue[dict[str, Any]]] = {}
+        self.presence: dict[str, list[str]] = {}  # workspace -> users, from opened and presence frames
+        self.presence_frames = 0
+        self.raw: list[str] | None = None  # when a list: message frames are kept unparsed (floods)
 
     async def connect(self, hello: bool = True) -> SockClient:
         headers = {"Cookie": self.user.cookie_header()}
@@ -145,9 +151,16 @@ class SockClient:
     def _frame(self, f: str) -> None:
         if f == "o":
             self.opened.set()
+        elif f.startswith("a") and self.raw is not None:
+            self.raw.append(f)
         elif f.startswith("a"):
             for raw in json.loads(f[1:]):
                 m = json.loads(raw)
+                if m.get("type") == "presence":
+                    self.presence[m["workspace"]] = m["users"]
+                    self.presence_frames += 1
+                elif m.get("type") == "opened":
+                    self.presence[m["workspace"]] = m["presence"]
                 q = self.waiters.get(m.get("re"))
                 (q or self.inbox).put_nowait(m)
         elif f.startswith("c"):
@@ -233,7 +246,7 @@ class SockClient:
 class WorkerProc:
     """A real sagews worker process (root, TLS) on 127.0.0.1, like tests/worker's."""
 
-    def __init__(self, base: Path, pki: DevCA, prefix: str) -> None:
+    def __init__(self, base: Path, pki: DevCA, pool: dict[str, object]) -> None:
         server = pki.issue("worker")
         base.mkdir(parents=True, exist_ok=True)
         base.chmod(0o755)
@@ -249,7 +262,7 @@ class WorkerProc:
             "tmp_dir": str(base / "tmp"),
             "engines": ["python"],
             "warm_pool": 1,
-            "user_prefix": prefix,
+            **pool,
             "limits": {"walltime_seconds": 20, "processes": 32, "disk_quota_mb": 30},
         }
         (base / "worker.json").write_text(json.dumps(cfg))

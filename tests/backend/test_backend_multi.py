@@ -94,12 +94,12 @@ async def test_presence_and_file_changed_across_backends(
                     return m
 
         # a's client learns about b's user although b is connected to the other backend
-        await next_of(ca, "presence", lambda m: m["users"] == ["xa", "xb"])
+        await wait_until(lambda: ca.presence.get(ws) == ["xa", "xb"], 20, "xb in presence")
         await cb.request({"type": "write", "session": ws, "path": "shared.txt", "text": "from b"})
         m = await next_of(ca, "file_changed", lambda m: m["path"] == "shared.txt")
         assert m["by"] == "xb"
         await cb.close()
-        await next_of(ca, "presence", lambda m: m["users"] == ["xa"])
+        await wait_until(lambda: ca.presence.get(ws) == ["xa"], 20, "xb gone from presence")
     finally:
         await ca.close()
         await cb.close()
@@ -108,10 +108,11 @@ async def test_presence_and_file_changed_across_backends(
 async def test_login_limits_are_shared_by_backends(
     backend_config: Callable[..., Any], start_backend: Any, pg_url: str, memcached: Memcached
 ) -> None:
-    a: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
-    b: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    cfg = {"memcached": [memcached.address], "login_backoff_seconds": 60.0}
+    a: Backend = await start_backend(backend_config(pg_url, **cfg))
+    b: Backend = await start_backend(backend_config(pg_url, **cfg))
     await a.new_user("target")
-    limit = a.app.config.login_attempts_per_account
+    limit = a.app.config.login_free_attempts + 1  # the first failure beyond the free ones blocks
     for i in range(limit):
         attacker = (a if i % 2 else b).user()
         code, _ = await attacker.login("target", "wrong password")

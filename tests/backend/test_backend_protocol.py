@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from tests.backend.conftest import Backend
-from tests.backend.helpers import HttpUser, SockClient
+from tests.backend.helpers import HttpUser, SockClient, wait_until
 
 
 async def make_ws(u: HttpUser, name: str = "ws") -> str:
@@ -182,10 +182,8 @@ async def test_presence_and_file_changed(backend: Backend) -> None:
 
         assert (await asyncio.wait_for(note("file_changed"), 10))["by"] == "pb"
         await cb.close()
-        while True:
-            p = await asyncio.wait_for(note("presence"), 10)
-            if p["users"] == ["pa"]:
-                break
+        # presence is coalesced (presence_interval): the last list a client got converges to the truth
+        await wait_until(lambda: ca.presence.get(ws) == ["pa"], 10, "presence without pb")
     finally:
         await ca.close()
 
@@ -230,6 +228,12 @@ async def test_workspace_rest(backend: Backend) -> None:
         await c.request({"type": "write", "session": ws, "path": "first.txt", "text": "1"})
         assert (await c.request({"type": "save", "session": ws}))["seq"] == 0
         await c.request({"type": "write", "session": ws, "path": "p.sagews", "text": "published ✓"})
+        # a notebook nbformat rejects is written (nothing lost) and the reply says why
+        bad = await c.request({"type": "write", "session": ws, "path": "n.ipynb", "text": '{"cells": []}'})
+        assert bad["type"] == "write" and "nbformat is None, not 4" in bad["warning"], bad
+        good = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+        ok = await c.request({"type": "write", "session": ws, "path": "n.ipynb", "text": good})
+        assert ok["type"] == "write" and "warning" not in ok, ok
         assert (await c.request({"type": "save", "session": ws}))["seq"] == 1
     finally:
         await c.close()
@@ -245,6 +249,17 @@ async def test_workspace_rest(backend: Backend) -> None:
     anon = backend.user()
     code, pub = await anon.req("GET", body["url"] + "/raw")
     assert code == 200 and pub["text"] == "published ✓" and pub["workspace"] == "two"
+    # the whole workspace as a site (its last save): the file list, and each file by ?path=
+    code, site = await u.req("POST", f"/api/workspaces/{ws}/publish", {"path": "/", "folder": True})
+    assert code == 200 and site["url"] != body["url"], site
+    code, top = await anon.req("GET", site["url"] + "/raw")
+    assert code == 200 and top["path"] == "/", top
+    assert {f["path"] for f in top["site"]["files"]} == {"first.txt", "p.sagews", "n.ipynb"}
+    code, one = await anon.req("GET", site["url"] + "/raw?path=p.sagews")
+    assert code == 200 and one["text"] == "published ✓" and one["site_path"] == "/", one
+    assert (await anon.req("GET", site["url"] + "/raw?path=nope.txt"))[0] == 404
+    _, listed = await u.req("GET", f"/api/workspaces/{ws}/published")
+    assert {p["path"] for p in listed["published"]} == {"p.sagews", "/"}
     code, copy = await u.req("POST", f"/api/workspaces/{ws}/copy", {"name": "three"})
     assert code == 200, copy
     _, lst = await u.req("GET", "/api/workspaces")

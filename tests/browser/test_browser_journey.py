@@ -1,27 +1,10 @@
-"""The whole journey in Chromium against `sagews dev` (real backend, real worker on 127.0.0.1).
+"""The whole journey in Chromium against `sagews dev` (real backend, real worker on 127.0.0.1):
+sign up, worksheet, Sage `factor` and a plot (Python where the worker has no Sage), save, reload,
+history, restore, share read-only, presence, publish and unpublish."""
 
-Skipped, with the reason printed, only when the `sagews dev` command does not exist yet.
-`SAGEWS_DEV_CMD` overrides the command line ({port} and {data} are filled in).
-"""
-
-import os
-import re
-import shlex
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
-
-import pytest
-from browser_helpers import ROOT, ConsoleWatch, shot_dir
+from browser_helpers import new_file, new_workspace, run_cell, signup, snap
 from playwright.sync_api import expect
 
-SAGEWS = shutil.which("sagews") or str(Path(sys.executable).with_name("sagews"))
 FACTORS = "3 * 5 * 17 * 257 * 641 * 65537 * 6700417"
 PY_FACTOR = """def factor(n):
     f, d = [], 2
@@ -36,130 +19,9 @@ factor(2**64 - 1)"""
 PY_PLOT = "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nplt.plot([1, 4, 2, 3])"
 
 
-def dev_help() -> tuple[str | None, str]:
-    """(reason to skip or None, `sagews dev --help` text)."""
-    if os.environ.get("SAGEWS_DEV_CMD"):
-        return None, ""
-    if not Path(SAGEWS).exists():
-        return f"{SAGEWS} not found", ""
-    r = subprocess.run([SAGEWS, "dev", "--help"], capture_output=True, text=True, timeout=60, check=False)
-    if r.returncode != 0:
-        last = ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1]
-        return "`sagews dev` does not exist yet: " + last[:200], ""
-    return None, r.stdout + r.stderr
-
-
-def dev_command(help_text: str, port: int, data: Path) -> list[str]:
-    """The `sagews dev` command line, using the options its --help offers (or SAGEWS_DEV_CMD)."""
-    tmpl = os.environ.get("SAGEWS_DEV_CMD")
-    if tmpl:
-        return shlex.split(tmpl.format(port=port, data=data))
-    cmd = [SAGEWS, "dev"]
-    for opts, value in (
-        (("--host", "--address", "--bind"), "127.0.0.1"),
-        (("--port",), str(port)),
-        (("--data-dir", "--data", "--state-dir", "--dir", "--root"), str(data)),
-    ):
-        for o in opts:
-            if re.search(rf"(^|[\s,\[]){re.escape(o)}\b", help_text):
-                cmd += [o, value]
-                break
-    return cmd
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def dev_server(vendor_built):
-    reason, help_text = dev_help()
-    if reason:
-        print(f"SKIP browser journey: {reason}")
-        pytest.skip(reason)
-    port = free_port()
-    # not under pytest's 0700 tmp tree: the worker's workspace users must traverse to their checkouts
-    data = Path(tempfile.mkdtemp(prefix="sagews-browser-dev-", dir="/tmp"))
-    data.chmod(0o755)
-    cmd = dev_command(help_text, port, data)
-    log_path = shot_dir() / "sagews-dev.log"
-    log = open(log_path, "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    port_given = "--port" in cmd or "{port}" in os.environ.get("SAGEWS_DEV_CMD", "")
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/api/me", timeout=2):  # noqa: S310 (http://127.0.0.1)
-                break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            if not port_given:
-                # no --port option: take the URL the server prints
-                m = re.search(r"http://127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
-                if m:
-                    base = f"http://127.0.0.1:{m.group(1)}"
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.close()
-                pytest.fail(f"`{' '.join(cmd)}` did not serve {base}; see {shot_dir() / 'sagews-dev.log'}")
-            time.sleep(0.2)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-    shutil.rmtree(data, ignore_errors=True)
-
-
-def snap(page, name):
-    page.screenshot(path=str(shot_dir() / f"{page.shot_prefix}-{name}.png"), full_page=True)
-
-
-def signup(page, base, user, pw="correct horse battery"):
-    page.goto(base + "/")
-    page.fill("#username", user)
-    page.fill("#password", pw)
-    page.click("#signup")
-    expect(page.locator("#create-ws")).to_be_visible()
-
-
-def run_cell(page, index, code, engine=None):
-    """Types one-line code with the keyboard (multi-line code is set, since CodeMirror auto-indents)."""
-    cell = page.locator(".cell").nth(index)
-    if engine:
-        cell.locator("select.engine").select_option(engine)
-    cell.locator(".CodeMirror").click()
-    if "\n" in code:
-        cell.locator(".CodeMirror").evaluate("(e, code) => e.CodeMirror.setValue(code)", code)
-    else:
-        page.keyboard.press("Control+A")
-        page.keyboard.type(code)
-    page.keyboard.press("Shift+Enter")
-    expect(cell).not_to_have_class(re.compile(r"\brunning\b"), timeout=60000)
-    expect(cell.locator(".cell-status")).not_to_have_text("", timeout=60000)
-    return cell
-
-
-def test_whole_journey(browser, dev_server):
-    journey(browser, dev_server, "journey")
-
-
-def journey(browser, base, prefix):
-    """Sign up, worksheet, factor, plot, save, reload, history, restore, share read-only, publish."""
-    alice_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    bob_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    anon_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    alice, bob, anon = alice_ctx.new_page(), bob_ctx.new_page(), anon_ctx.new_page()
-    for p in (alice, bob, anon):
-        p.set_default_timeout(20000)
-        p.shot_prefix = prefix
-        p.watch = ConsoleWatch(p)
+def test_whole_journey(pages, dev_server, has_sage):
+    base = dev_server
+    alice, bob, anon = pages("journey"), pages("journey"), pages("journey")
 
     # sign up both accounts
     signup(bob, base, "bob")
@@ -167,30 +29,21 @@ def journey(browser, base, prefix):
     snap(alice, "01-signed-up")
 
     # create a workspace and a worksheet
-    alice.fill("#new-ws-name", "Journey")
-    alice.keyboard.press("Enter")
-    expect(alice.locator("#conn-state")).to_have_text("connected")
-    alice.click("#new-worksheet")
-    alice.fill(".dialog input[name=name]", "demo.sagews")
-    alice.keyboard.press("Enter")
+    new_workspace(alice, "Journey")
+    new_file(alice, "worksheet", "demo.sagews")
     expect(alice.locator(".cell")).to_have_count(1)
     snap(alice, "02-new-worksheet")
 
     # factor(2^64-1): Sage when the worker has it, Python otherwise
-    cell = run_cell(alice, 0, "factor(2^64-1)")
-    out = cell.locator(".cell-output")
-    expect(out).not_to_be_empty()
-    text = out.text_content() or ""
-    sage = "not installed" not in text and "unavailable" not in text
-    if sage:
-        expect(out).to_contain_text(FACTORS)
+    if has_sage:
+        cell = run_cell(alice, 0, "factor(2^64-1)")
+        expect(cell.locator(".cell-output")).to_contain_text(FACTORS)
         plot = run_cell(alice, 1, "plot(sin(x), 0, 2*pi)")
     else:
-        cell = run_cell(alice, 0, PY_FACTOR, engine="python")
+        cell = run_cell(alice, 0, PY_FACTOR, kind="python")
         expect(cell.locator(".cell-output")).to_contain_text("[3, 5, 17, 257, 641, 65537, 6700417]")
-        plot = run_cell(alice, 1, PY_PLOT, engine="python")
+        plot = run_cell(alice, 1, PY_PLOT, kind="python")
     snap(alice, "03-factor")
-    # a plot appears
     expect(plot.locator("img.out-img")).to_be_visible(timeout=60000)
     snap(alice, "04-plot")
 
@@ -251,22 +104,25 @@ def journey(browser, base, prefix):
     expect(bob.locator("#create-ws")).to_be_visible()
     expect(alice.locator(".presence")).not_to_contain_text("bob")
 
-    # publish and read it logged out
+    # publish: the buttons follow the file's state; read it logged out
+    expect(alice.locator("#unpublish")).to_have_count(0)
     alice.click("#publish")
     link = alice.locator("#pub-url")
     expect(link).to_be_visible()
+    expect(alice.locator("#publish")).to_have_count(0)
+    expect(alice.locator("#unpublish")).to_be_visible()
     url = link.get_attribute("href")
     anon.goto(base + url)
     expect(anon.locator(".cell-output").first).to_contain_text("65537")
     expect(anon.locator("img.out-img")).to_be_visible()
     snap(anon, "10-published")
-    assert [p.watch.errors for p in (alice, bob, anon)] == [[], [], []]
-    alice.reload()  # the link is shown again for a published file
+    alice.reload()  # the state is shown again for a published file
     expect(alice.locator("#pub-url")).to_have_attribute("href", url)
+    expect(alice.locator("#publish")).to_have_count(0)
     alice.click("#unpublish")
     expect(alice.locator(".flash.info", has_text="Unpublished").first).to_be_visible()
+    expect(alice.locator("#publish")).to_be_visible()
+    expect(alice.locator("#pub-url")).to_have_count(0)
+    anon.watch.allow("status of 404")  # the page's data request: unpublished
     anon.reload()
     expect(anon.locator("#pub")).to_contain_text("not published")
-
-    for c in (alice_ctx, bob_ctx, anon_ctx):
-        c.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +14,8 @@ from worker_helpers import WorkerProc
 
 from sagews.devpki import DevCA
 from sagews.worker.client import WorkerClient
-from tests.fixtures.users import user_prefix
+from tests.fixtures.dirs import remove_service_dir, service_dir
+from tests.fixtures.users import pool_config
 
 _names = itertools.count(1)
 
@@ -25,10 +24,9 @@ _names = itertools.count(1)
 def base_dir() -> Iterator[Path]:
     """Outside pytest's 0700 tmp tree: workspace uids must traverse to their checkouts, and the worker key
     must be protected by its own mode (0600), not by an unreadable parent."""
-    path = Path(tempfile.mkdtemp(prefix="sagews-worker-test-", dir="/tmp"))
-    path.chmod(0o755)
+    path = service_dir("sagews-worker-test-")
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    remove_service_dir(path)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +42,8 @@ def make_worker(base_dir: Path, pki: DevCA) -> Iterator[Callable[..., WorkerProc
 
     def make(env: dict[str, str] | None = None, **overrides: Any) -> WorkerProc:
         # workers on one host must not share workspace users (each kills leftovers of the uids it hands out)
-        overrides.setdefault("user_prefix", user_prefix(f"t{len(started)}"))
+        for k, v in pool_config(f"t{len(started)}").items():
+            overrides.setdefault(k, v)
         w = WorkerProc(base_dir / f"worker{len(started)}", pki, client_pair, overrides, env)
         started.append(w)
         return w

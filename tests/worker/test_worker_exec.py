@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -54,6 +55,16 @@ def test_exception_traceback(client: WorkerClient, session: str) -> None:
     assert exc["ename"] == "ZeroDivisionError"
     assert "line 2, in f" in exc["traceback"]
     assert "engine.py" not in exc["traceback"]
+    # the user's own lines, also of a function defined in an earlier cell; the last line once
+    r = client.execute(session, "x = 1\nf()")
+    tb = r["exception"]["traceback"]
+    assert "    f()\n" in tb and "    return 1/0\n" in tb, tb
+    assert tb.count("ZeroDivisionError: division by zero") == 1 and tb.endswith("division by zero\n"), tb
+    # library frames by their package path, not the server's install layout
+    tb = client.execute(session, "import json\njson.loads('{')")["exception"]["traceback"]
+    assert "json/decoder.py" in tb and "site-packages" not in tb and sys.prefix not in tb, tb
+    r = client.execute(session, "assert 1 == 2")
+    assert r["exception"]["evalue"] == "" and r["exception"]["traceback"].endswith("AssertionError\n")
     r = client.execute(session, "def (:")
     assert r["exception"]["ename"] == "SyntaxError"
     r = client.execute(session, "1\x00")
@@ -168,6 +179,19 @@ def test_sage_not_installed(make_worker: object, base_dir: Path) -> None:
         assert ei.value.code == "engine_unavailable"
 
 
+def test_help_from_the_engine(client: WorkerClient, session: str) -> None:
+    """`name?` shows the signature and docstring of the namespace's object, `name??` its source."""
+    code = 'def area(r: float) -> float:\n    "The area of a disc of radius r."\n    return 3*r*r'
+    client.execute(session, code)
+    r = client.execute(session, "area?")
+    text = r["display"][0]["text/plain"]
+    assert r["done"]["status"] == "ok" and "Signature: area(r: float) -> float" in text, text
+    assert "The area of a disc of radius r." in text
+    assert "return 3*r*r" in client.execute(session, "area??")["display"][0]["text/plain"]
+    assert "not found" in client.execute(session, "nosuchname?")["display"][0]["text/plain"]
+    assert "Return the number of items" in client.execute(session, "len?")["display"][0]["text/plain"]
+
+
 @pytest.mark.sage
 def test_sage_engine(client: WorkerClient) -> None:
     if not HAVE_SAGE:
@@ -182,6 +206,13 @@ def test_sage_engine(client: WorkerClient) -> None:
         assert r["result"]["text/plain"] == "1/3*y^3"
         r = client.execute(sid, "latex(y^2)")
         assert r["result"]["text/latex"] == "y^{2}"
+        # tracebacks show the cell as typed (not preparsed); help comes from Sage's own docs
+        tb = client.execute(sid, "a = 2^3\n1/0")["exception"]["traceback"]
+        assert "    1/0\n" in tb and "Integer(" not in tb, tb
+        err = client.execute(sid, "y = 1 +* 2")["exception"]
+        assert err["ename"] == "SyntaxError" and "y = 1 +* 2" in err["traceback"], err
+        doc = client.execute(sid, "factor?")["display"][0]["text/plain"]
+        assert "Signature: factor(n" in doc and "factorization" in doc.lower(), doc[:500]
         r = client.execute(sid, "show(y^3)")
         assert r["display"][0]["text/latex"] == "y^{3}"
         # per-cell engine choice: plain Python semantics in the same session
@@ -253,6 +284,6 @@ def test_sage_uses_the_session_dirs(client: WorkerClient) -> None:
         )
         dot_sage, tmp = eval(r["result"]["text/plain"])  # noqa: S307
         assert opened["user"] in dot_sage
-        assert tmp.endswith(opened["user"])
+        assert tmp.endswith(f"{opened['user']}/tmp")  # the private /tmp (same directory)
     finally:
         client.call("close", session=opened["session"])

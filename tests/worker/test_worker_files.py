@@ -223,3 +223,16 @@ def test_restore_whose_checkout_fails_refuses_work_and_keeps_the_files(
         assert c.request("read", session=sid, path="keep.txt")["text"] == "precious"
         assert [e["name"] for e in c.request("ls", session=sid)["entries"]] == [".git", "keep.txt"]
         c.call("close", session=sid)
+
+
+def test_save_after_an_interrupted_save(client: WorkerClient, session: str) -> None:
+    """A git killed in the middle of a commit (worker restart during a save) leaves .git/index.lock
+    behind; the next save clears it instead of failing forever."""
+    client.request("write", session=session, path="a.txt", text="1")
+    client.request("save", session=session)
+    client.execute(session, "open('.git/index.lock', 'w').close()\nopen('.git/HEAD.lock', 'w').close()")
+    client.request("write", session=session, path="a.txt", text="2")
+    saved = client.request("save", session=session, message="after the crash")
+    assert not saved.get("unchanged")
+    hist = client.request("history", session=session)["commits"]
+    assert hist[0]["message"] == "after the crash"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Callable
@@ -13,10 +14,15 @@ import pytest
 from worker_helpers import WorkerProc, wait_for
 
 from sagews.worker.client import WorkerError
+from sagews.worker.users import uid_pids
 
 
-def test_disk_quota(make_worker: Callable[..., WorkerProc]) -> None:
-    w = make_worker(warm_pool=1, engines=["python"], limits={"disk_quota_mb": 3, "file_size_mb": 2})
+def test_disk_quota_measured(make_worker: Callable[..., WorkerProc]) -> None:
+    """The fallback without workspace filesystems (disk_quota = measured): writes and saves are refused
+    once a measurement finds the workspace over quota."""
+    w = make_worker(
+        warm_pool=1, engines=["python"], disk_quota="measured", limits={"disk_quota_mb": 3, "file_size_mb": 2}
+    )
     with w.client() as c:
         sid = c.request("open", workspace="quota")["session"]
         blob = base64.b64encode(b"\x01" * (1536 << 10)).decode()
@@ -57,8 +63,11 @@ def _write_ok(c: object, sid: str) -> bool:
 def test_idle_timeout(make_worker: Callable[..., WorkerProc]) -> None:
     w = make_worker(warm_pool=1, engines=["python"], limits={"idle_timeout_seconds": 2.0})
     with w.client() as c:
-        sid = c.request("open", workspace="idle")["session"]
-        pids = c.execute(sid, "import os\nos.getpid()")["result"]["text/plain"]
+        opened = c.request("open", workspace="idle")
+        sid = opened["session"]
+        c.execute(sid, "import subprocess\nsubprocess.Popen(['sleep', '600'])\nNone")
+        uid = pwd.getpwnam(opened["user"]).pw_uid
+        assert len(uid_pids(uid)) >= 2  # the engine and its background sleep
         msg = c.recv()  # the worker tells the last client when it closes an idle session
         assert msg is not None
         assert msg["type"] == "closed"
@@ -66,7 +75,7 @@ def test_idle_timeout(make_worker: Callable[..., WorkerProc]) -> None:
         with pytest.raises(WorkerError) as ei:
             c.request("exec", session=sid, code="1")
         assert ei.value.code == "no_session"
-        assert not Path(f"/proc/{int(pids)}").exists() or "Z" in Path(f"/proc/{int(pids)}/stat").read_text()
+        assert uid_pids(uid) == []  # every process of the workspace is gone when `closed` is sent
 
 
 def test_sigterm_finishes_and_checkpoints(make_worker: Callable[..., WorkerProc]) -> None:
@@ -101,19 +110,11 @@ def test_sigterm_finishes_and_checkpoints(make_worker: Callable[..., WorkerProc]
     assert bundles
     out = subprocess.run(["git", "bundle", "list-heads", str(bundles[-1])], capture_output=True, check=True)
     assert out.stdout
+    # the checkout is on the workspace's own filesystem (unmounted at shutdown): read the bundle
+    clone = Path(w.config["state_dir"]) / "checkpoint-clone"
+    subprocess.run(["git", "clone", "-q", str(bundles[-1]), str(clone)], capture_output=True, check=True)
     log = subprocess.run(
-        [
-            "git",
-            "-c",
-            f"safe.directory={w.config['workspaces_dir']}/graceful",
-            "-C",
-            f"{w.config['workspaces_dir']}/graceful",
-            "log",
-            "--format=%s",
-        ],
-        capture_output=True,
-        check=True,
-        text=True,
+        ["git", "-C", str(clone), "log", "--format=%s"], capture_output=True, check=True, text=True
     ).stdout
     assert "checkpoint at worker shutdown" in log
 
@@ -155,9 +156,10 @@ def test_cgroup_switch_with_stand_in_tree(make_worker: Callable[..., WorkerProc]
     assert "+memory +pids" in (root / "cgroup.subtree_control").read_text()
     with w.client() as c:
         sid = c.request("open", workspace="cg")["session"]
-        pid = int(c.execute(sid, "import os\nos.getpid()")["result"]["text/plain"])
+        opened_user = c.request("status")["session_list"][0]["user"]
         d = root / "ws-cg"
-        assert int((d / "cgroup.procs").read_text()) == pid
+        pid = int((d / "cgroup.procs").read_text())  # the last pid written: the engine
+        assert pid in uid_pids(pwd.getpwnam(opened_user).pw_uid)
         assert int((d / "memory.max").read_text()) == 300 << 20
         assert (d / "pids.max").read_text() == "32"
         c.request("close", session=sid)

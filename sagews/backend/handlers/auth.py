@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import math
+import secrets
 from typing import Any
 
 from sagews.backend import accounts
@@ -15,6 +16,10 @@ class MeHandler(ApiHandler):
         self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the client echoes in X-XSRFToken)
         u = self.current_user
         self.write_json({"user": {"name": u.name, "is_admin": u.is_admin} if u else None})
+
+
+DEVICE_COOKIE = "sagews_device"
+DEVICE_DAYS = 365
 
 
 class _LoginBase(ApiHandler):
@@ -30,6 +35,27 @@ class _LoginBase(ApiHandler):
             samesite="Lax",
             expires_days=cfg.session_days,
         )
+        self.set_device(user.name)
+
+    def device(self, name: str) -> str | None:
+        """This browser's device id for the account ``name`` (a signed cookie from an earlier
+        successful login of that account), else None (sagews/backend/lockout.py)."""
+        raw = self.get_signed_cookie(DEVICE_COOKIE, max_age_days=DEVICE_DAYS)
+        if not raw:
+            return None
+        account, _, device = raw.decode(errors="replace").partition("|")
+        return device if device and account == name.lower() else None
+
+    def set_device(self, name: str) -> None:
+        if self.device(name) is None:
+            self.set_signed_cookie(
+                DEVICE_COOKIE,
+                f"{name.lower()}|{secrets.token_urlsafe(12)}",
+                httponly=True,
+                secure=self.backend.config.secure_cookies,
+                samesite="Strict",
+                expires_days=DEVICE_DAYS,
+            )
 
 
 class SignupHandler(_LoginBase):
@@ -40,11 +66,11 @@ class SignupHandler(_LoginBase):
         name = accounts.check_username(b.get("username"))
         password = accounts.check_password(b.get("password"))
         ip = self.request.remote_ip or "?"
-        limiter = self.backend.ip_limiter
+        limiter = self.backend.signup_limiter
         if limiter.blocked(f"signup:{ip}"):
             raise ApiError(429, "rate_limited", "Too many attempts; wait a few minutes")
         limiter.hit(f"signup:{ip}")
-        pw_hash = await asyncio.get_running_loop().run_in_executor(None, accounts.hash_password, password)
+        pw_hash = await self.backend.password_work.run(accounts.hash_password, password)
         user = await self.backend.db.run(accounts.create_account, name, pw_hash)
         await self.start_session(user)
         self.write_json({"user": {"name": user.name, "is_admin": user.is_admin}})
@@ -57,35 +83,35 @@ class LoginHandler(_LoginBase):
         if (
             not isinstance(name, str)
             or not isinstance(password, str)
+            or not name
+            or len(name) > 200
             or len(password) > accounts.MAX_PASSWORD
         ):
             raise ApiError(400, "bad_field", "username and password are required")
         app = self.backend
-        acc_key, ip_key = f"acct:{name.lower()[:200]}", f"ip:{self.request.remote_ip}"
-        if (
-            app.account_limiter.blocked(acc_key)
-            or app.ip_limiter.blocked(ip_key)
-            or await app.shared_blocked(acc_key, app.config.login_attempts_per_account)
-            or await app.shared_blocked(ip_key, app.config.login_attempts_per_ip)
-        ):
+        ip, device = self.request.remote_ip or "?", self.device(name)
+        verdict = await app.login_guard.check(name, ip, device)
+        if verdict.blocked:  # before any password is verified: throttled guessing costs no argon2 time
             app.metrics.logins_limited += 1
-            raise ApiError(429, "rate_limited", "Too many failed logins; wait a few minutes")
+            raise LimitedError(verdict.retry_after)
         found = await app.db.run(accounts.find_login, name)
         pw_hash = found[1] if found else None
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, accounts.verify_password, pw_hash, password
-        )
+        ok = await app.password_work.run(accounts.verify_password, pw_hash, password)
         if not ok or found is None or found[2]:
-            app.account_limiter.hit(acc_key)
-            app.ip_limiter.hit(ip_key)
-            await app.shared_hit(acc_key)
-            await app.shared_hit(ip_key)
+            await app.login_guard.failed(name, ip, device)
             app.metrics.logins_failed += 1
             raise ApiError(403, "bad_login", "Wrong user name or password")
-        app.account_limiter.reset(acc_key)
+        await app.login_guard.succeeded(name, ip, device)
         app.metrics.logins_ok += 1
         await self.start_session(found[0])
         self.write_json({"user": {"name": found[0].name, "is_admin": found[0].is_admin}})
+
+
+class LimitedError(ApiError):
+    def __init__(self, retry_after: float) -> None:
+        wait = max(1, math.ceil(retry_after))
+        super().__init__(429, "rate_limited", f"Too many failed logins from here; try again in {wait} s")
+        self.retry_after = wait
 
 
 class LogoutHandler(ApiHandler):
@@ -115,10 +141,10 @@ class AccountHandler(_LoginBase):
             new = accounts.check_password(b.get("new_password"))
             current = self.field(b, "password")
             found = await app.db.run(accounts.find_login, u.name)
-            loop = asyncio.get_running_loop()
-            if not found or not await loop.run_in_executor(None, accounts.verify_password, found[1], current):
+            work = app.password_work
+            if not found or not await work.run(accounts.verify_password, found[1], current):
                 raise ApiError(403, "bad_login", "The current password is wrong")
-            pw_hash = await loop.run_in_executor(None, accounts.hash_password, new)
+            pw_hash = await work.run(accounts.hash_password, new)
             revoked = await app.db.run(accounts.set_password, u.name, pw_hash)
             await app.cache.delete(*(f"sess:{h}" for h in revoked))
             app.sessions_revoked(revoked)

@@ -61,13 +61,36 @@ class BaseHandler(tornado.web.RequestHandler):
         self.current_user = await lookup_user(self.backend, token)
 
 
+@tornado.web.stream_request_body
 class ApiHandler(BaseHandler):
-    """JSON in, JSON out; every error is ``{"code", "message"}`` with a fitting status."""
+    """JSON in, JSON out; every error is ``{"code", "message"}`` with a fitting status.
+
+    Bodies are streamed: a declared ``Content-Length`` over ``MAX_JSON_BODY`` is refused (413) before
+    any of it is read, and a chunked body stops being read at that size, so no request can make the
+    backend buffer more than 1 MiB for it."""
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
+
+    async def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_JSON_BODY):
+            self.backend.metrics.body_refused += 1
+            raise ApiError(413, "too_large", f"Request body too large (at most {MAX_JSON_BODY} bytes)")
+        if self.request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            self.request.connection.set_max_body_size(MAX_JSON_BODY)  # type: ignore[union-attr]
+        await super().prepare()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > MAX_JSON_BODY:
+            self.backend.metrics.body_refused += 1
+            raise ApiError(413, "too_large", f"Request body too large (at most {MAX_JSON_BODY} bytes)")
+        self._chunks.append(chunk)
 
     @property
     def user(self) -> User:
@@ -76,12 +99,10 @@ class ApiHandler(BaseHandler):
         return cast(User, self.current_user)
 
     def body(self) -> dict[str, Any]:
-        raw = self.request.body or b"{}"
-        if len(raw) > MAX_JSON_BODY:
-            raise ApiError(413, "too_large", "Request body too large")
+        raw = b"".join(getattr(self, "_chunks", ())) or b"{}"
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise ApiError(400, "bad_json", "The request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise ApiError(400, "bad_json", "The request body must be a JSON object")
@@ -120,4 +141,9 @@ class ApiHandler(BaseHandler):
         else:
             code, message = "internal", "Internal server error"
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"code": code, "message": message}))
+        out: dict[str, Any] = {"code": code, "message": message}
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            out["retry_after"] = retry_after
+            self.set_header("Retry-After", str(retry_after))
+        self.finish(json.dumps(out))

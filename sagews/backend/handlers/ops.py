@@ -102,6 +102,7 @@ class MetricsHandler(BaseHandler):
             "sagews_cache_hits": cache.hits,
             "sagews_cache_misses": cache.misses,
             "sagews_cache_errors": cache.errors,
+            "sagews_cache_rejected": cache.rejected,
             "sagews_cache_hit_ratio": cache.hits / lookups if lookups else 0.0,
         }
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=UTF-8")
@@ -132,6 +133,15 @@ class PageHandler(BaseHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish((Path(static) / name).read_bytes())
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path no route matches (Tornado's ``default_handler_class``): a plain 404."""
+
+    async def prepare(self) -> None:
+        self.set_status(404)
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish("not found\n")
 
 
 class ApiNotFoundHandler(ApiHandler):

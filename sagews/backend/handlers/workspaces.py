@@ -85,7 +85,10 @@ class ActionHandler(ApiHandler):
             await svc.share(wsmod.check_id(ws_id), b.get("username"), b.get("role"))
         elif action == "publish":
             await svc.require(ws_id, uid, ("owner", "editor"))
-            slug = await svc.publish(wsmod.check_id(ws_id), b.get("path"))
+            if b.get("folder") is True:  # a folder (or "/": the workspace) as a site, sagews/backend/sites.py
+                slug = await self.backend.sites.publish(wsmod.check_id(ws_id), b.get("path"))
+            else:
+                slug = await svc.publish(wsmod.check_id(ws_id), b.get("path"))
             out = {"url": f"/pub/{slug}"}
         elif action == "unpublish":
             await svc.require(ws_id, uid, ("owner", "editor"))
@@ -101,15 +104,17 @@ class ActionHandler(ApiHandler):
 
 
 class PubRawHandler(ApiHandler):
-    """A published snapshot (no login): ``{path, workspace, text, published}``; pub.html renders it."""
+    """A published snapshot (no login); pub.html renders it. A file: ``{path, workspace, text,
+    published}``; a site: its file list, or with ``?path=`` one of its files (sagews/backend/sites.py)."""
 
     async def prepare(self) -> None:
         self.current_user = None
 
     async def get(self, slug: str) -> None:
-        if not wsmod.SlugRe.match(slug):
+        path = self.get_argument("path", None)
+        if not wsmod.SlugRe.match(slug) or (path is not None and len(path) > 1024):
             raise ApiError(404, "not_found", "Not published")
-        pub = await self.backend.db.run(wsmod.db_publication, slug)
+        pub = await self.backend.sites.raw(slug, path)
         if pub is None:
             raise ApiError(404, "not_found", "Not published")
         self.write_json(pub)
