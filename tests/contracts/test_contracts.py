@@ -229,3 +229,27 @@ def test_units_restart_when_their_environment_file_changes():
             if "ansible.builtin.systemd_service" in h
         }
         assert states == {"restarted"}, (role, states)
+
+
+def _names(lock: str) -> set[str]:
+    lines = (ROOT / "requirements" / lock).read_text().splitlines()
+    return {
+        re.split(r"[=<>\[ ]", ln, maxsplit=1)[0].lower().replace("_", "-")
+        for ln in lines
+        if ln and ln[0] != "#"
+    }
+
+
+def test_the_runtime_locks_pin_every_dependency_the_package_declares():
+    """The hosts install from requirements/runtime*.txt only (pip --no-index): a dependency added to
+    pyproject.toml without `make lock` would be missing on every server."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.split(r"[=<>\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in project["dependencies"]
+    }
+    sage = {
+        re.split(r"[=<>\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-")
+        for d in project["optional-dependencies"]["sage"]
+    }
+    assert declared <= _names("runtime.txt"), declared - _names("runtime.txt")
+    assert declared | sage <= _names("runtime-sage.txt"), (declared | sage) - _names("runtime-sage.txt")
