@@ -144,7 +144,9 @@ def test_point_in_time_restore_brings_deleted_rows_back(history):
     query(address, "DELETE FROM workspaces WHERE id IN %s", (doomed,))  # cascades to their bundles
     assert checksums()["workspace_bundles"][0] == before["workspace_bundles"][0] - 100 * BUNDLES
     # The DELETE's WAL reaches the repository (archive_timeout would do it within a minute).
-    segment = query(address, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    # pg_switch_wal() is for superusers (the app role may not): as postgres on the primary's host.
+    switch = "runuser -u postgres -- psql -X -A -t -c 'SELECT pg_walfile_name(pg_switch_wal())'"
+    segment = sh(primary(), switch).stdout.strip()
     archived = "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver"
     done = lambda: query(address, archived)[0][0] >= segment  # noqa: E731
     wait_for("the WAL of the DELETE to be archived", done, timeout=60)
