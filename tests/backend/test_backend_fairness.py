@@ -71,7 +71,11 @@ class Bystander:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> tuple[float, float]:
-        await wait_until(lambda: len(self.execs) >= 3 or any(t.done() for t in self._tasks), 60, "bystander")
+        await wait_until(
+            lambda: (len(self.execs) >= 3 and len(self.pings) >= 10) or any(t.done() for t in self._tasks),
+            60,
+            "bystander runs",
+        )
         for t in self._tasks:
             t.cancel()
         await self.c.close()
