@@ -108,6 +108,7 @@ async def test_login_lockout_stops_guessing_not_the_owner(
         backend_config(
             pg_url, memcached=[memcached.address], xheaders=True,  # client address from X-Forwarded-For
             login_backoff_seconds=60.0, login_account_failures=20,
+            password_threads=2,  # argon2 (64 MiB, ~0.1 s of CPU each): 60 logins here
         )
     )  # fmt: skip
     owner = b.user("10.0.0.1")
