@@ -131,6 +131,18 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict[str, object
     await asyncio.sleep(1)
     rss1 = rss_kb(pid)
     rtts: list[float] = []
+
+    async def gc_now() -> dict[str, float]:
+        _, text = await u.req("GET", "/metrics")
+        out = {}
+        for line in text.decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name in ("sagews_gc_full_collections", 'sagews_gc_pause_seconds_bucket{le="0.1"}',
+                        "sagews_gc_pause_seconds_count"):  # fmt: skip
+                out[name] = float(value)
+        return out
+
+    gc0 = await gc_now()
     p_before = pressure()
     cpu0, me0, t0 = cpu_s(pid), time.process_time(), time.monotonic()
     iv = args.ping_interval
@@ -140,6 +152,7 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict[str, object
     p_after = pressure()
     wall = time.monotonic() - t0
     server_cpu, client_cpu = (cpu_s(pid) - cpu0) / wall, (time.process_time() - me0) / wall
+    gc1 = await gc_now()
     _, metrics = await u.req("GET", "/metrics")
     gc_stats = {
         line.split()[0]: float(line.split()[1])
@@ -168,6 +181,12 @@ async def run(args: argparse.Namespace, base: str, pid: int) -> dict[str, object
         "ping_interval": iv,
         "gc_full": gc_stats.get("sagews_gc_full_collections", -1),
         "gc_longest_ms": gc_stats.get("sagews_gc_longest_pause_seconds", -1) * 1e3,
+        # during the ping phase only (connecting 10,000 sessions allocates enough for full collections)
+        "gc_full_ping_phase": gc1["sagews_gc_full_collections"] - gc0["sagews_gc_full_collections"],
+        "gc_pauses_over_100ms_ping_phase": (
+            gc1["sagews_gc_pause_seconds_count"] - gc1['sagews_gc_pause_seconds_bucket{le="0.1"}']
+        )
+        - (gc0["sagews_gc_pause_seconds_count"] - gc0['sagews_gc_pause_seconds_bucket{le="0.1"}']),
     }
 
 
@@ -257,7 +276,9 @@ two cores (websocket transport, TCP_NODELAY set on the client sockets).
 | same load, bare Tornado websocket echo (no SockJS/app; machine baseline, same run) | {r["sessions"]} \
 | {baseline} | |
 | garbage collection in the backend during the run (its /metrics) | \
-| longest pause {r["gc_longest_ms"]:.1f} ms, {r["gc_full"]:.0f} full collections | no stall over 100 ms |
+| whole run: longest pause {r["gc_longest_ms"]:.1f} ms, {r["gc_full"]:.0f} full collections; \
+ping phase: {r["gc_full_ping_phase"]:.0f} full, {r["gc_pauses_over_100ms_ping_phase"]:.0f} pauses > 100 ms \
+| no stall over 100 ms |
 | CPU during the ping phase (cores) | \
 | backend {r["server_cpu_cores"]:.2f}, load generator {r["client_cpu_cores"]:.2f} | |
 | backend memory per session (VmRSS growth / sessions) | {r["sessions"]} \
@@ -287,8 +308,9 @@ the git repository is created when the workspace is first opened on a worker, so
          f"{r['ping_p99_ms']:.1f} ms ({r['ping_max_ms']:.0f} ms)", "", "", when, f"`{p}`"],
         [f"{n} websocket sessions: backend memory per session", "<= 20 KB", f"{r['kb_per_session']:.1f} KB",
          "", "", when, f"`{p}`"],
-        [f"{n} websocket sessions: longest GC pause, full collections", "<= 100 ms",
-         f"{r['gc_longest_ms']:.0f} ms, {r['gc_full']:.0f}", "", "", when, f"`{p}`"],
+        [f"{n} websocket sessions: GC pauses over 100 ms / full collections in the ping phase", "0",
+         f"{r['gc_pauses_over_100ms_ping_phase']:.0f} / {r['gc_full_ping_phase']:.0f} (longest pause of "
+         f"the whole run, connecting included: {r['gc_longest_ms']:.0f} ms)", "", "", when, f"`{p}`"],
     ])  # fmt: skip
 
 

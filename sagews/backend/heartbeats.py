@@ -97,9 +97,7 @@ class GCWatch:
 
 def tune_gc() -> None:
     """After start-up: move every object that exists now (modules, classes, configuration: they live
-    as long as the process) out of the collector's sight, and collect the young generation less
-    often, so fewer short-lived objects happen to be alive, and promoted, when it runs."""
+    as long as the process) out of the collector's sight. (A larger young generation was tried:
+    fewer but longer young collections, 32 over 100 ms in a 10,000-session run; thresholds stay.)"""
     gc.collect()
     gc.freeze()
-    _, t1, t2 = gc.get_threshold()
-    gc.set_threshold(10_000, t1, t2)
