@@ -1,7 +1,7 @@
 # sagews: the two commands are `make up` (deploy to this machine) and `make test` (everything).
 SHELL := /bin/bash
 VENV  ?= .venv
-S     ?= common
+S     ?= default
 
 .PHONY: up test test-unit lint molecule bench venv image lock clean help
 

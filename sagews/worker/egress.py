@@ -15,9 +15,10 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 
-# The appliance's service ports (the deployment contract): PostgreSQL, worker, log server, backend,
-# nginx static, memcached.
-SERVICE_PORTS = (5432, 6100, 6200, 8443, 8081, 11211)
+# The appliance's service ports (the deployment contract, playbooks/vars/sagews.yml): PostgreSQL, worker,
+# log server, backend, nginx static, memcached, etcd (client, peer), Patroni's REST API, pgBackRest's TLS
+# server, HAProxy's stats page and its peers.
+SERVICE_PORTS = (5432, 6100, 6200, 8443, 8081, 11211, 2379, 2380, 8008, 8432, 8404, 10000)
 
 
 def ruleset(

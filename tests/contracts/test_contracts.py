@@ -183,6 +183,7 @@ def test_each_role_renders_a_config_its_service_accepts(role, tmp_path):
             role_vars(
                 role,
                 sagews_backend_cookie_secret="s" * 32,
+                sagews_backend_cache_secret="c" * 32,
                 sagews_backend_workers=[{"address": "10.0.2.11", "port": 6100}],
                 sagews_backend_memcached_servers=["10.0.4.11:11211"],
                 sagews_backend_log_servers=["10.0.6.11:6200"],
@@ -191,6 +192,7 @@ def test_each_role_renders_a_config_its_service_accepts(role, tmp_path):
         )
         cfg = backend_config.from_dict(_loads(text))
         assert cfg.port == APPLIANCE["sagews_backend_port"] and cfg.xheaders and cfg.secure_cookies
+        assert cfg.cache_secret == "c" * 32
         assert [(w.address, w.port) for w in cfg.workers] == [("10.0.2.11", APPLIANCE["sagews_worker_port"])]
         assert cfg.logging["servers"] == ["10.0.6.11:6200"] and cfg.db.pool_size == 10
     else:
@@ -286,6 +288,18 @@ def test_the_egress_rules_match_the_workspace_uids_the_worker_hands_out(tmp_path
     # the role's default ports are the appliance's (playbooks/vars/sagews.yml) plus PostgreSQL's
     appliance = {APPLIANCE[k] for k in APPLIANCE if k.endswith("_port")} | {5432}
     assert set(variables["sagews_worker_egress_ports"]) == appliance == set(egress.SERVICE_PORTS)
+    # and those are the ports the other roles really use
+    for role, var, key in [
+        ("etcd", "etcd_client_port", "sagews_etcd_client_port"),
+        ("etcd", "etcd_peer_port", "sagews_etcd_peer_port"),
+        ("postgresql", "postgresql_patroni_restapi_port", "sagews_patroni_port"),
+        ("pgbackrest", "pgbackrest_port", "sagews_pgbackrest_port"),
+        ("haproxy", "haproxy_stats_port", "sagews_haproxy_stats_port"),
+        ("haproxy", "haproxy_peers_port", "sagews_haproxy_peers_port"),
+        ("memcached", "memcached_port", "sagews_memcached_port"),
+        ("nginx_static", "nginx_static_port", "sagews_static_port"),
+    ]:
+        assert yaml_file(f"roles/{role}/defaults/main.yml")[var] == APPLIANCE[key], (role, var)
     if shutil.which("nft"):
         f = tmp_path / "egress.nft"
         f.write_text(rules.replace("Ansible managed", "# Ansible managed"))
