@@ -23,11 +23,37 @@ class CgroupError(RuntimeError):
     pass
 
 
+def delegated_root(self_cgroup: str = "/proc/self/cgroup", mount: str = "/sys/fs/cgroup") -> Path:
+    """``cgroup_root = "auto"``: the subtree systemd delegated to this service (``Delegate=yes``), laid
+    out as https://systemd.io/CGROUP_DELEGATION/ asks: the worker moves itself into the leaf
+    ``<own>/worker`` (cgroup v2 allows no processes in a cgroup whose controllers are enabled for its
+    children), enables memory, pids and cpu for ``<own>``'s children and returns ``<own>/workspaces``,
+    under which each workspace gets its cgroup. Call it before any child process exists."""
+    with open(self_cgroup) as fh:
+        rel = next((line.split("::", 1)[1].strip() for line in fh if line.startswith("0::")), None)
+    if rel is None or not (Path(mount) / "cgroup.controllers").exists():
+        raise CgroupError(f"cgroup = true, but no cgroup v2 hierarchy is mounted at {mount} (cgroup v1?)")
+    own = Path(mount) / rel.lstrip("/")
+    leaf = own / "worker"
+    leaf.mkdir(exist_ok=True)
+    for pid in (own / "cgroup.procs").read_text().split():
+        with contextlib.suppress(ProcessLookupError, OSError):
+            (leaf / "cgroup.procs").write_text(pid)
+    available = set((own / "cgroup.controllers").read_text().split())
+    wanted = [c for c in ("memory", "pids", "cpu") if c in available]
+    (own / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+    root = own / "workspaces"
+    root.mkdir(exist_ok=True)
+    return root
+
+
 class Cgroups:
-    def __init__(self, root: str | Path, memory_mb: int, pids_max: int) -> None:
+    def __init__(self, root: str | Path, memory_mb: int, pids_max: int, cpu_weight: int = 100) -> None:
         self.root = Path(root)
         self.memory = memory_mb << 20
         self.pids = pids_max
+        self.cpu_weight = cpu_weight
+        self.cpu = False
 
     def setup(self) -> None:
         controllers = self.root / "cgroup.controllers"
@@ -39,7 +65,8 @@ class Cgroups:
         missing = {"memory", "pids"} - available
         if missing:
             raise CgroupError(f"cgroup controllers {sorted(missing)} are not delegated to {self.root}")
-        (self.root / "cgroup.subtree_control").write_text("+memory +pids")
+        self.cpu = "cpu" in available  # cpu.weight: the workspace's share of CPU as a whole
+        (self.root / "cgroup.subtree_control").write_text("+memory +pids" + (" +cpu" if self.cpu else ""))
 
     def path(self, workspace: str) -> Path:
         return self.root / f"ws-{workspace}"
@@ -52,6 +79,8 @@ class Cgroups:
         with contextlib.suppress(FileNotFoundError, PermissionError):
             (d / "memory.swap.max").write_text("0")
         (d / "pids.max").write_text(str(self.pids))
+        if self.cpu:
+            (d / "cpu.weight").write_text(str(self.cpu_weight))
         (d / "cgroup.procs").write_text(str(pid))
 
     def kill(self, workspace: str) -> None:

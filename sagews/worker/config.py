@@ -53,8 +53,9 @@ class WorkerConfig:
     disk_quota: str = "auto"  # image: a filesystem per workspace (kernel-enforced); measured; auto
     isolation: bool = True  # engines and helpers in their own PID/mount/IPC namespaces (docs/security.md)
     cgroup: bool = False  # per-workspace cgroup v2 (memory.max, pids.max); needs a delegated cgroup_root
-    cgroup_root: str = "/sys/fs/cgroup/sagews-workspaces"
+    cgroup_root: str = "auto"  # auto: the subtree systemd delegates to the unit (Delegate=yes)
     cgroup_memory_mb: int = 1024
+    cgroup_cpu_weight: int = 100  # cpu.weight of each workspace (all equal: a fair share each)
     shutdown_grace_seconds: float = 10.0
     limits: Limits = field(default_factory=Limits)
     logging: dict[str, Any] = field(default_factory=dict)  # a [logging] ClientConfig table (log server)

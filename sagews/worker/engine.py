@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from typing import Any
 
 from sagews.framing import HEADER, FrameError, decode_body, encode
@@ -172,6 +173,7 @@ class Engine:
         self.current: Any = None
         self.pending = b""
         self.cells = tracebacks.Cells()
+        self.runaway_at = 0  # isolated: this many processes in our PID namespace after a cell = runaway
 
     # rich output -----------------------------------------------------------------------------
     def display(self, data: dict[str, str]) -> None:
@@ -267,6 +269,7 @@ class Engine:
             status = str(status)  # a handler that tripped just before blocking raises here at the latest
         except KeyboardInterrupt:
             status = "interrupted"
+        self.stop_runaway()
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -275,6 +278,31 @@ class Engine:
         done = encode({"type": "done", "id": self.current, "status": status})
         self.chan.sock.sendall(self.pending + done)  # one write: result and done together
         self.pending = b""
+
+    def stop_runaway(self) -> None:
+        """A cell that leaves the workspace at its process limit left a runaway (a fork bomb): kill
+        every other process of the namespace (kill(-1) from here reaches exactly those; its init is
+        root's). Below the limit, background processes keep running between cells."""
+        if not self.runaway_at:
+            return
+        try:
+            count = sum(1 for p in os.listdir("/proc") if p.isdigit())
+        except OSError:
+            return
+        if count < self.runaway_at:
+            return
+        try:
+            os.kill(-1, signal.SIGKILL)
+            time.sleep(0.05)  # let them die, then reap our own children among them (not zombies)
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except OSError:  # ChildProcessError: none left
+            pass
+        print(
+            f"\n[sagews: the workspace was at its process limit after this cell: its {count - 2} other "
+            "processes were killed]",
+            file=sys.stderr,
+        )
 
     def exception(self, etype: Any, value: Any, tb: Any) -> None:
         ename, evalue, text = tracebacks.format_exception(etype, value, tb, __file__)
@@ -341,6 +369,8 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
         sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
         sys.stdin = open(os.devnull)  # noqa: SIM115
         engine = Engine(chan, engines)
+        if msg.get("isolate"):
+            engine.runaway_at = max(3, int(msg["limits"]["processes"]) - 4)
         chan.send({"type": "ready", "pid": host_pid, "init": init_pid, "uid": os.getuid()})
         while True:
             msg = chan.recv()

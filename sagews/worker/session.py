@@ -613,6 +613,7 @@ class Session:
                     args,
                     fsize=self.limits.file_size_mb << 20,
                     max_bytes=int(self.worker.config.max_frame * 0.7),
+                    forker=self.worker.forker,
                     mounts=private_mounts(str(self.tmp)) if self.worker.isolated else None,
                 )
         except QueueFull as exc:

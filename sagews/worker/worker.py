@@ -15,9 +15,10 @@ from typing import Any
 from sagews import __version__
 from sagews.tls import server_context
 from sagews.worker import isolation
-from sagews.worker.cgroup import Cgroups
+from sagews.worker.cgroup import Cgroups, delegated_root
 from sagews.worker.config import WorkerConfig
 from sagews.worker.connection import Connection
+from sagews.worker.forker import Forker
 from sagews.worker.limiter import FairLimiter
 from sagews.worker.protocol import CHUNK, COMMIT_ID, MAX_QUEUED_OPS, PROTOCOL_VERSIONS, ProtocolError
 from sagews.worker.session import Session
@@ -50,13 +51,17 @@ class Worker:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.cgroups: Cgroups | None = None
         self.isolated = config.isolation  # engines and helpers in their own PID/mount/IPC namespaces
+        self.forker = Forker()  # forks the file/git helpers (the worker itself never forks for them)
         self.volumes: Volumes | None = None  # a filesystem per workspace (disk_quota = image)
         self.disk_quota_mode = "measured"
         # helper forks (file/git operations) running at once, shared round robin between sessions
         slots = config.helper_processes or max(4, 2 * (os.cpu_count() or 1))
         self.helpers = FairLimiter(slots, MAX_QUEUED_OPS)
         if config.cgroup:
-            self.cgroups = Cgroups(config.cgroup_root, config.cgroup_memory_mb, config.limits.processes)
+            root = delegated_root() if config.cgroup_root == "auto" else config.cgroup_root
+            self.cgroups = Cgroups(
+                root, config.cgroup_memory_mb, config.limits.processes, config.cgroup_cpu_weight
+            )
 
     # setup ---------------------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -102,6 +107,7 @@ class Worker:
         self._prepare_dirs()
         await self._setup_volumes()
         ctx = server_context(self.config.cert, self.config.key, self.config.ca)
+        await self.forker.start()
         await self.zygote.start()
         self.refill()
         self.server = await asyncio.start_server(
@@ -498,6 +504,7 @@ class Worker:
         for conn in list(self.connections):
             conn.close()
         self.zygote.stop()
+        self.forker.stop()
         if self.volumes is not None:
             await self.volumes.detach_all()
 

@@ -23,10 +23,13 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagews.worker import isolation
 from sagews.worker.users import Account
+
+if TYPE_CHECKING:
+    from sagews.worker.forker import Forker
 
 
 class OpError(Exception):
@@ -533,30 +536,48 @@ async def run_as(
     *,
     fsize: int,
     max_bytes: int,
+    forker: Forker,
     limit_seconds: float = 120,
     mounts: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Run workspace operation ``op`` as ``account`` in ``root``; returns its result or raises OpError.
-    With ``mounts`` (isolation on), the helper gets its own namespaces and those private mounts."""
+    The helper is forked by the forker process (sagews/worker/forker.py), not by the worker: its
+    arguments go through a pipe, its answer comes back through another. With ``mounts`` (isolation
+    on), the helper gets its own namespaces and those private mounts."""
     rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(rfd)
-        _child(wfd, account, str(root), str(tmp), op, args, fsize, max_bytes, mounts)
-    os.close(wfd)
+    ard, awr = os.pipe()
+    try:
+        await forker.fork(ard, wfd, limit_seconds)
+    except BaseException:
+        for fd in (rfd, awr):
+            os.close(fd)
+        raise
+    request = {
+        "account": [account.name, account.uid, account.gid],
+        "root": str(root),
+        "tmp": str(tmp),
+        "op": op,
+        "args": args,
+        "fsize": fsize,
+        "max_bytes": max_bytes,
+        "mounts": mounts,
+        "helper_limits": HELPER_LIMITS,
+    }
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 30)
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb")
     )
+    wtransport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(awr, "wb"))
     try:
-        data = await asyncio.wait_for(reader.read(), limit_seconds)
+        wtransport.write(json.dumps(request).encode())
+        wtransport.close()  # the child reads to EOF
+        data = await asyncio.wait_for(reader.read(), limit_seconds + 5)  # it has an alarm itself
     except TimeoutError:
-        os.kill(pid, signal.SIGKILL)
         data = b""
     finally:
+        wtransport.close()
         transport.close()
-        _reap(pid)
     if not data:
         raise OpError("internal", f"workspace operation {op} ended without an answer (killed?)")
     result = json.loads(data)
@@ -570,11 +591,6 @@ def _prctl_pdeathsig() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
 
 
 def prepare_dir(path: Path, account: Account) -> None:

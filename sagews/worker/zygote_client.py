@@ -25,8 +25,9 @@ def zygote_env() -> dict[str, str]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     env["HOME"] = os.environ.get("HOME") or "/root"  # Sage's import creates $HOME/.sage (root's)
-    if os.environ.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    for name in ("PYTHONPATH", "DOT_SAGE", "MPLCONFIGDIR"):  # where imports find code and caches
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     return env
 
 

@@ -255,3 +255,41 @@ def test_units_restart_when_their_environment_file_changes():
             if "ansible.builtin.systemd_service" in h
         }
         assert states == {"restarted"}, (role, states)
+
+
+def test_the_egress_rules_match_the_workspace_uids_the_worker_hands_out(tmp_path):
+    """The worker role's nftables drop-in rejects exactly the uid range the worker's config gives its
+    pool (uid_base, user_pool_size, from the same variables), on the appliance's service ports, and
+    nft accepts it; the code's rule set (sagews dev) says the same."""
+    import shutil
+    import subprocess
+
+    from sagews.worker import egress
+
+    variables = role_vars(
+        "sagews_worker",
+        ansible_default_ipv4={"address": "10.0.2.11"},
+        inventory_hostname="h1",
+        sagews_worker_uid_base=3_100_000,
+        sagews_worker_user_pool_size=32,
+        sagews_worker_egress_hosts=["10.0.2.11", "10.0.4.11", "fd00::5"],
+    )
+    path = tmp_path / "worker.toml"
+    path.write_text(render("roles/sagews_worker/templates/worker.toml.j2", variables))
+    cfg = worker_config.load(path)
+    first, last = cfg.uid_base, cfg.uid_base + cfg.user_pool_size - 1
+    rules = render("roles/sagews_worker/templates/sagews-worker.nft.j2", variables)
+    ports = ", ".join(map(str, sorted(egress.SERVICE_PORTS)))
+    assert f"meta skuid {first}-{last} tcp dport {{ {ports} }} counter reject with tcp reset" in rules
+    assert f"meta skuid {first}-{last} ip daddr {{ 10.0.2.11, 10.0.4.11 }} counter reject" in rules
+    assert f"meta skuid {first}-{last} ip6 daddr {{ fd00::5 }} counter reject" in rules
+    code = egress.ruleset("sagews", first, last, egress.SERVICE_PORTS, ["10.0.2.11", "10.0.4.11"])
+    assert f"meta skuid {first}-{last} tcp dport {{ {ports} }}" in code
+    # the role's default ports are the appliance's (playbooks/vars/sagews.yml) plus PostgreSQL's
+    appliance = {APPLIANCE[k] for k in APPLIANCE if k.endswith("_port")} | {5432}
+    assert set(variables["sagews_worker_egress_ports"]) == appliance == set(egress.SERVICE_PORTS)
+    if shutil.which("nft"):
+        f = tmp_path / "egress.nft"
+        f.write_text(rules.replace("Ansible managed", "# Ansible managed"))
+        check = subprocess.run(["nft", "-c", "-f", str(f)], capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stderr

@@ -1,6 +1,6 @@
 """Attacks on a worker from hostile clients and hostile cell code, and a bystander's measurements.
 
-Shared by tests/worker/test_worker_containment.py (functional bounds) and bench/bench_containment.py
+Shared by tests/worker/test_worker_containment.py (functional bounds) and bench/bench_worker_containment.py
 (the bystander's p99 during each attack). Client-side floods run in forked processes, so the
 bystander's timings in the parent are not distorted by the attackers' GIL.
 """

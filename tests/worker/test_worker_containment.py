@@ -1,7 +1,7 @@
 """Containment (issue 19): each attack runs against a real worker while a bystander workspace is served.
 
 Bounds here are generous functional limits (the machine is shared); the bystander's real p99 during
-each attack is measured by bench/bench_containment.py (docs/benchmarks.md).
+each attack is measured by bench/bench_worker_containment.py (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from attacks import (
     BACKGROUND_YES,
+    BASH_FORK_BOMB,
     FOREIGN_FRAMES,
     cpu_seconds,
     fuzz_jobs,
@@ -144,7 +145,10 @@ SYSV_SHM = (  # create a SysV shared memory segment with a fixed key (ctypes is 
     "libc.shmget(0x5A6E19, 4096, 0o1600)"
 )  # fmt: skip
 SYSV_SHM_LOOKUP = "import ctypes\nctypes.CDLL(None, use_errno=True).shmget(0x5A6E19, 0, 0)"
-LITTER = [("/tmp", "t"), ("/var/tmp", "v"), ("/dev/shm", "s"), ("/run/lock", "l")]
+LITTER = [
+    (d, f"{t}{os.getpid()}")
+    for d, t in (("/tmp", "t"), ("/var/tmp", "v"), ("/dev/shm", "s"), ("/run/lock", "l"))
+]
 
 
 def test_other_tenants_and_the_worker_are_invisible(
@@ -334,3 +338,28 @@ def test_disk_quota_is_enforced_by_the_kernel(make_worker: Callable[..., WorkerP
         sid = c.request("open", workspace="full")["session"]
         r = c.execute(sid, "import os\n(sorted(os.listdir('/tmp')), os.path.exists('big1'))")
         assert r["result"]["text/plain"] == "([], True)"
+
+
+def test_background_fork_bomb_does_not_outlive_its_cell(
+    cw: WorkerProc, bystander: tuple[WorkerClient, str], attacker: tuple[WorkerClient, str]
+) -> None:
+    """A bash fork bomb started in the background: the process limit holds it, the bystander is
+    served meanwhile, and when the cell ends at the limit every other process is killed."""
+    c, sid = attacker
+    user = next(s["user"] for s in c.request("status")["session_list"] if s["session"] == sid)
+    uid = pwd.getpwnam(user).pw_uid
+    c.send({"type": "exec", "id": "bomb", "session": sid, "code": BASH_FORK_BOMB})
+    bc, bsid = bystander
+    end = time.monotonic() + 2
+    times = round_trips(bc, bsid, until=lambda: time.monotonic() > end, min_rounds=10)
+    assert percentile(times["exec"], 99) < 1.0, times
+    frames = []
+    while not frames or frames[-1].get("re") != "bomb" or frames[-1]["type"] not in {"done", "error"}:
+        frame = c.recv()
+        assert frame is not None
+        frames.append(frame)
+    assert "process limit" in "".join(f.get("text", "") for f in frames if f["type"] == "stream")
+    wait_for(lambda: len(uid_pids(uid)) == 1, 10, "only the engine to be left")
+    time.sleep(1)
+    assert len(uid_pids(uid)) == 1  # and nothing came back
+    assert c.execute(sid, "'alive'")["result"]["text/plain"] == "'alive'"

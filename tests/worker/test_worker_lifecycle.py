@@ -208,3 +208,19 @@ def test_user_pool_exhaustion_and_reuse(make_worker: Callable[..., WorkerProc]) 
         c.request("close", session=b["session"])
         again = c.request("open", workspace="pool-a")
         assert c.request("read", session=again["session"], path="mine.txt")["text"] == "a's"
+
+
+def test_without_isolation_the_uid_is_killed_instead(make_worker: Callable[..., WorkerProc]) -> None:
+    """isolation = false (hosts without CAP_SYS_ADMIN): no namespaces, every process of the uid is
+    killed at restart and close instead; disk usage is measured."""
+    w = make_worker(warm_pool=1, engines=["python"], isolation=False, disk_quota="measured")
+    with w.client() as c:
+        assert c.request("status")["disk_quota"] == "measured"
+        opened = c.request("open", workspace="plain")
+        sid, uid = opened["session"], pwd.getpwnam(opened["user"]).pw_uid
+        r = c.execute(sid, "import os, subprocess\nsubprocess.Popen(['sleep', '600'])\nos.getpid() != 2")
+        assert r["result"]["text/plain"] == "True"  # the host's PID namespace
+        c.request("restart", session=sid)
+        assert len(uid_pids(uid)) == 1
+        c.request("close", session=sid)
+        assert uid_pids(uid) == []
