@@ -88,3 +88,34 @@ def replace_section(title: str, section: str, doc: Path = BENCHMARKS_MD) -> None
     else:
         text = text.rstrip("\n") + "\n\n" + body
     doc.write_text(text.rstrip("\n") + "\n")
+
+
+SUMMARY = "Summary"
+SUMMARY_HEAD = (
+    "| metric | target | measured | peer | ratio | date | CPU pressure |\n"
+    "| --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def update_summary(rows: list[list[str]], doc: Path = BENCHMARKS_MD) -> None:
+    """Put ``rows`` ([metric, target, measured, peer, ratio, date, pressure]) into the summary table at
+    the top of docs/benchmarks.md, replacing rows with the same metric and keeping the others."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^## {SUMMARY}\n.*?(?=^## |\Z)", re.S | re.M)
+    old: dict[str, str] = {}
+    m = pattern.search(text)
+    if m:
+        for line in m.group(0).splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if line.startswith("| ") and len(cells) == 7 and cells[0] not in ("metric", "---"):
+                old[cells[0]] = line
+        text = pattern.sub("", text, count=1)
+    for r in rows:
+        old[r[0]] = "| " + " | ".join(r) + " |"
+    section = (
+        f"## {SUMMARY}\n\nThe latest figure of each benchmark (`make bench`; details in the sections below). "
+        "Figures taken at a CPU pressure (`some avg10`) above a few percent need a quiet re-run.\n\n"
+        f"{SUMMARY_HEAD}\n" + "\n".join(old.values()) + "\n\n"
+    )
+    title, _, rest = text.partition("\n")
+    doc.write_text(title + "\n\n" + section + rest.lstrip("\n"))

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import signal
 import ssl
@@ -25,6 +26,7 @@ from sagews.backend.config import BackendConfig, load
 from sagews.backend.events import EventBus, RemotePresence
 from sagews.backend.handlers import admin, auth, ops
 from sagews.backend.handlers import workspaces as ws_handlers
+from sagews.backend.heartbeats import GCWatch, HeartbeatWheel, session_class, tune_gc
 from sagews.backend.limits import AccountLimits
 from sagews.backend.live import LiveConnection
 from sagews.backend.lockout import LoginGuard, LoginPolicy
@@ -86,6 +88,8 @@ class BackendApp(tornado.web.Application):
         self.presence = self.workspaces.presence
         self.live: set[LiveConnection] = set()
         self.events = EventBus(self.db, self._on_event)
+        self.workspaces.bus_id = self.events.id
+        self.workspaces.on_acl = self.apply_acl
         self.announce_seconds = 30.0
         self.remote_presence = RemotePresence(ttl=3 * self.announce_seconds)
         self.coalescer = Presence(config.presence_interval, self._flush_presence)
@@ -115,9 +119,12 @@ class BackendApp(tornado.web.Application):
         self._tasks: list[asyncio.Task[Any]] = []
         self._pending: set[asyncio.Future[Any]] = set()
         conn_cls = type("Live", (LiveConnection,), {"app": self})
+        self.heartbeats = HeartbeatWheel(25.0)  # sockjs-tornado's heartbeat_delay
+        self.gc_watch = GCWatch()
         self.router = SockJSRouter(
             conn_cls,
             SOCKJS_PREFIX,
+            session_kls=session_class(self.heartbeats),
             user_settings={
                 "disabled_transports": ["jsonp", "htmlfile"],
                 "jsessionid": False,
@@ -188,7 +195,8 @@ class BackendApp(tornado.web.Application):
         for c in list(self.presence.get(ws_id, ())):
             if c is not origin:
                 c.send_json(note)
-        if origin is not None:
+        if origin is not None and self.remote_presence.names(ws_id):  # only if members are elsewhere:
+            # a file operation costs no DB round trip unless another backend has someone in it
             self._spawn(self.events.publish({"kind": "file_changed", "ws": ws_id, "path": path, "by": by}))
 
     def sessions_revoked(self, token_hashes: list[str], publish: bool = True) -> None:
@@ -203,12 +211,44 @@ class BackendApp(tornado.web.Application):
                     self.events.publish({"kind": "revoke", "ws": "", "th": token_hashes[i : i + 100]})
                 )
 
+    async def apply_acl(self, ws_id: str) -> None:
+        """Re-read who may use ``ws_id`` (one DB read per change, not per message) and apply it to this
+        backend's live connections: a removed member's connection leaves the workspace at once, a
+        changed role takes effect on its next request (live.py keeps the role in the connection)."""
+        from sagews.backend.workspaces import WorkspaceError, db_meta
+
+        if not self.presence.get(ws_id):
+            return
+        await self.workspaces.invalidate(ws_id)
+        try:
+            members = (await self.db.run(db_meta, ws_id))["members"]
+        except WorkspaceError:  # deleted
+            members = {}
+        for conn in list(self.presence.get(ws_id, ())):
+            if conn.user is None:
+                continue
+            role = members.get(str(conn.user.id))
+            if role is None:
+                conn.revoke(ws_id, "access revoked" if members else "workspace deleted")
+            else:
+                conn.workspaces[ws_id] = role
+
     def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("kind") == "revoke" and isinstance(event.get("th"), list):
             self.sessions_revoked([str(h) for h in event["th"]], publish=False)
             return
         ws_id = event.get("ws")
         if not isinstance(ws_id, str):
+            return
+        if event.get("kind") == "acl":
+            self._spawn(self.apply_acl(ws_id))
+            return
+        if event.get("kind") == "presence_many" and isinstance(event.get("items"), list):
+            for item in event["items"][:1000]:
+                if isinstance(item, list) and len(item) == 2 and isinstance(item[1], list):
+                    self.remote_presence.update(
+                        str(item[0]), str(event.get("from")), [str(n) for n in item[1]]
+                    )
             return
         if event.get("kind") == "presence" and isinstance(event.get("users"), list):
             names = [str(n) for n in event["users"]][:1000]
@@ -223,10 +263,22 @@ class BackendApp(tornado.web.Application):
         task.add_done_callback(self._pending.discard)
 
     async def _announce(self) -> None:
+        """Re-announce this backend's presence lists (other backends forget silent ones after 3
+        periods), many workspaces per NOTIFY: 10,000 open workspaces cost ~100 NOTIFYs per period."""
         while True:
             await asyncio.sleep(self.announce_seconds)
+            batch: list[list[Any]] = []
+            size = 0
             for ws_id in list(self.presence):
-                await self.events.publish({"kind": "presence", "ws": ws_id, "users": self.local_names(ws_id)})
+                item = [ws_id, self.local_names(ws_id)]
+                n = len(json.dumps(item)) + 1
+                if batch and size + n > 7000:
+                    await self.events.publish({"kind": "presence_many", "ws": "", "items": batch})
+                    batch, size = [], 0
+                batch.append(item)
+                size += n
+            if batch:
+                await self.events.publish({"kind": "presence_many", "ws": "", "items": batch})
 
     async def start(self) -> None:
         """Register configured workers, first heartbeat, then the periodic tasks."""
@@ -236,6 +288,8 @@ class BackendApp(tornado.web.Application):
         self.pool.on_beat = self.workspaces.move_off_draining
         self.pool.start(self.config.heartbeat_seconds)
         self.events.start()
+        self.heartbeats.start()
+        self.gc_watch.install()
         self._tasks.append(asyncio.ensure_future(self._announce()))
         interval = min(self.config.autosave_seconds, self.config.idle_close_seconds)
         self._tasks.append(
@@ -247,6 +301,8 @@ class BackendApp(tornado.web.Application):
         """Save what is dirty, close links and pools."""
         for t in self._tasks:
             t.cancel()
+        self.heartbeats.stop()
+        self.gc_watch.remove()
         self.coalescer.close()
         await self.events.close()
         for p in list(self._pending):
@@ -308,6 +364,7 @@ async def serve(config: BackendConfig, ready: Any = None) -> None:
     app = BackendApp(config)
     server, port = listen(app)
     await app.start()
+    tune_gc()  # everything that exists now lives as long as the process (heartbeats.py)
     scheme = "https" if app.config.tls_cert else "http"
     print(f"sagews-backend listening on {scheme}://{config.host}:{port}", flush=True)
     sdnotify.ready(f"serving on {scheme}://{config.host}:{port}")
@@ -378,10 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg.port = a.port
     if a.check:
         return check(cfg)
-    try:
-        import uvloop  # ~25 % less latency per hop (docs/benchmarks.md, worker section)
-
-        uvloop.run(serve(cfg))
-    except ImportError:
-        asyncio.run(serve(cfg))
+    run(cfg)
     return 0
+
+
+def run(config: BackendConfig, ready: Any = None) -> None:
+    """``serve(config)`` on uvloop when it is installed (~25 % less latency per hop, docs/benchmarks.md),
+    else on asyncio's loop. Every way of starting a backend (``sagews-backend``, ``sagews dev``) should
+    come through here."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config, ready))
+        return
+    uvloop.run(serve(config, ready))

@@ -32,6 +32,13 @@ def _notify(s: Session, payload: str) -> None:
     s.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
 
 
+def notify_in(s: Session, event: dict[str, Any]) -> None:
+    """Publish ``event`` from inside a DB transaction: PostgreSQL delivers it at COMMIT, so the other
+    backends hear of a change exactly when it is visible (nothing on SQLite: one process)."""
+    if s.get_bind().dialect.name == "postgresql":
+        _notify(s, json.dumps(event, separators=(",", ":")))
+
+
 class EventBus:
     def __init__(self, db: Database, on_event: Callable[[dict[str, Any]], None]) -> None:
         self.db = db

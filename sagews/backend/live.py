@@ -205,7 +205,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             return
         account = self.account
         limited = not self.bucket.take()
-        if not limited and account is not None:
+        if not limited and account is not None and kind != "ping":  # pings: per connection only
             limited = not account.bucket.take() or (kind in HEAVY and not account.heavy.take())
         if limited:
             app.metrics.requests_limited += 1
@@ -322,8 +322,9 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         if kind not in RELAY_FIELDS and kind != "save":
             raise ClientError("unknown_type", f"unknown message type {kind[:64]!r}")
         ws_id = self._session(msg)
-        role = await svc.role(ws_id, self.user.id)  # current role: a revoked share takes effect at once
-        self.workspaces[ws_id] = role
+        # the role kept in the connection: no DB or cache on this path; share/unshare/delete update
+        # it at once on every backend (BackendApp.apply_acl, NOTIFY at COMMIT)
+        role = self.workspaces[ws_id]
         if (kind in WRITE_OPS or kind == "save") and role == "viewer":
             raise ClientError("forbidden", "Read-only: you are a viewer of this workspace")
         if kind == "save":
@@ -390,6 +391,12 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
 
     def _broadcast_presence(self, ws_id: str) -> None:
         self.app.presence_changed(ws_id)
+
+    def revoke(self, ws_id: str, reason: str) -> None:
+        """The caller may no longer use ``ws_id``: leave it and say so (unsolicited ``left``)."""
+        if ws_id in self.workspaces:
+            self._leave(ws_id)
+            self.send_json({"type": "left", "session": ws_id, "reason": reason})
 
     def _leave(self, ws_id: str) -> None:
         self.workspaces.pop(ws_id, None)

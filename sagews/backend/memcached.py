@@ -33,12 +33,14 @@ class _Server:
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port or 11211)
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.all: set[asyncio.StreamWriter] = set()  # idle or in use (closed by close())
         self.slots = asyncio.Semaphore(pool_size)
         self.dead_until = 0.0
 
     def close(self) -> None:
-        for _, w in self.idle:
+        for w in self.all:
             w.close()
+        self.all.clear()
         self.idle.clear()
 
 
@@ -68,6 +70,7 @@ class MemcachedClient:
             try:
                 if conn is None:
                     conn = await asyncio.wait_for(asyncio.open_connection(srv.host, srv.port), self.timeout)
+                    srv.all.add(conn[1])
                     sock = conn[1].get_extra_info("socket")
                     if sock is not None:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -75,11 +78,13 @@ class MemcachedClient:
             except (OSError, EOFError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 if conn is not None:
                     conn[1].close()
+                    srv.all.discard(conn[1])
                 srv.dead_until = time.monotonic() + self.dead_retry
                 raise MemcachedUnavailable(f"memcached {srv.host}:{srv.port}: {exc!r}") from exc
             except BaseException:  # cancelled mid-reply: the connection's state is unknown
                 if conn is not None:
                     conn[1].close()
+                    srv.all.discard(conn[1])
                 raise
             srv.idle.append(conn)
 

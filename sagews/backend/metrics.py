@@ -11,9 +11,13 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 @dataclass
 class Histogram:
     buckets: tuple[float, ...] = BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    counts: list[int] = field(default_factory=list)
     total: float = 0.0
     n: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.buckets) + 1:
+            self.counts = [0] * (len(self.buckets) + 1)
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
@@ -46,7 +50,7 @@ class Metrics:
     body_refused: int = 0  # HTTP bodies refused before being read (too large)
     execute: Histogram = field(default_factory=Histogram)
 
-    def render(self, extra: dict[str, float]) -> str:
+    def render(self, extra: dict[str, float], histograms: dict[str, Histogram] | None = None) -> str:
         lines = [
             "# TYPE sagews_sockjs_sessions gauge",
             f"sagews_sockjs_sessions {self.sockjs_sessions}",
@@ -73,6 +77,8 @@ class Metrics:
             "# TYPE sagews_execute_seconds histogram",
             *self.execute.render("sagews_execute_seconds"),
         ]
+        for name, h in (histograms or {}).items():
+            lines += [f"# TYPE {name} histogram", *h.render(name)]
         for name, value in sorted(extra.items()):
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {value:g}")

@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sagews.backend.cache import Cache
+from sagews.backend.events import notify_in
 from sagews.backend.metrics import Metrics
 from sagews.backend.workers import FrameCallback, WorkerLink, WorkerPool, WorkerUnavailable
 from sagews.db import Database
@@ -148,11 +149,12 @@ def db_rename(s: Session, ws_id: str, name: str) -> None:
     w.updated = utcnow()
 
 
-def db_delete(s: Session, ws_id: str) -> None:
+def db_delete(s: Session, ws_id: str, origin: str | None = None) -> None:
     w = _ws(s, ws_id)
     w.deleted = True
     w.worker_id = None
     w.updated = w.deleted_at = utcnow()
+    notify_in(s, {"kind": "acl", "ws": ws_id, "from": origin})
 
 
 def db_purge(s: Session, before: dt.datetime, batch: int = 20) -> int:
@@ -274,7 +276,7 @@ def db_members(s: Session, ws_id: str) -> list[dict[str, str]]:
     return [{"name": n, "role": str(r)} for n, r in rows]
 
 
-def db_share(s: Session, ws_id: str, username: str, role: str) -> None:
+def db_share(s: Session, ws_id: str, username: str, role: str, origin: str | None = None) -> None:
     w = _ws(s, ws_id)
     acc = s.scalar(select(Account).where(Account.email == username.lower()))
     if acc is None:
@@ -289,6 +291,7 @@ def db_share(s: Session, ws_id: str, username: str, role: str) -> None:
         s.add(Collaborator(workspace_id=ws_id, account_id=acc.id, role=Role(role)))
     else:
         c.role = Role(role)
+    notify_in(s, {"kind": "acl", "ws": ws_id, "from": origin})  # live connections re-read their roles
 
 
 def db_store_bundle(s: Session, ws_id: str, data: bytes, base: bool, commit: str) -> int:
@@ -505,6 +508,8 @@ class Workspaces:
         self.max_open = 0  # default cap on an owner's open workspaces (0: none); accounts may override
         self.max_stored = 0  # default cap on an owner's stored bundle bytes
         self.coalesced: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self.bus_id: str | None = None  # this backend's EventBus id (its own NOTIFYs are skipped)
+        self.on_acl: Callable[[str], Awaitable[None]] | None = None
         pool.on_down = self._worker_down
         pool.on_unsolicited = self._unsolicited
 
@@ -760,7 +765,8 @@ class Workspaces:
             raise WorkspaceError("bad_field", "role must be editor, viewer or none")
         if not isinstance(username, str) or not username:
             raise WorkspaceError("bad_field", "username is required")
-        await self.write(db_share, ws_id, username, role)
+        await self.write(db_share, ws_id, username, role, self.bus_id)
+        await self.acl_changed(ws_id)
 
     async def repack(self, ws_id: str) -> bool:
         """When the newest chain is longer than ``repack_after``, replace it by one base bundle
@@ -823,7 +829,13 @@ class Workspaces:
 
     async def delete(self, ws_id: str) -> None:
         await self.close(ws_id, save=False)
-        await self.write(db_delete, ws_id)
+        await self.write(db_delete, ws_id, self.bus_id)
+        await self.acl_changed(ws_id)
+
+    async def acl_changed(self, ws_id: str) -> None:
+        """Who may use ``ws_id`` changed (share, unshare, delete): live connections learn it now."""
+        if self.on_acl is not None:
+            await self.on_acl(ws_id)
 
     async def copy(self, ws_id: str, owner_id: int, name: str) -> dict[str, Any]:
         if ws_id in self.open and self.open[ws_id].dirty:

@@ -24,7 +24,16 @@ class DBConfig:
     pool_timeout: float = 10.0  # seconds to wait for a pooled connection before failing
     pool_recycle: int = 1800  # seconds after which a connection is replaced
     pre_ping: bool = True  # test a pooled connection before use (survives a DB restart)
-    connect_timeout: int = 5  # seconds (PostgreSQL)
+    # PostgreSQL links. With a multi-host URL (host=a,b target_session_attrs=read-write) libpq tries
+    # the hosts in order: connect_timeout applies per host (libpq's minimum is 2), so a dead host
+    # costs that much per new connection. TCP keepalives and tcp_user_timeout end a request to a
+    # primary that vanished (a killed host sends no RST) after about max(keepalives_idle,
+    # tcp_user_timeout): the caller gets an error (db_unavailable) instead of hanging for minutes.
+    connect_timeout: int = 2  # seconds, per host
+    keepalives_idle: int = 2  # seconds of silence before the first probe
+    keepalives_interval: int = 1  # seconds between probes
+    keepalives_count: int = 3
+    tcp_user_timeout: int = 5000  # milliseconds data (or a probe) may stay unacknowledged
     ssl_ca: str | None = None  # CA file: when set, PostgreSQL links use sslmode=verify-full
     ssl_cert: str | None = None  # optional client certificate for PostgreSQL
     ssl_key: str | None = None

@@ -11,6 +11,8 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,13 +48,77 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def pg_connect_args(cfg: DBConfig) -> dict[str, Any]:
-    """libpq options: timeouts, and full certificate verification when a CA is configured."""
-    args: dict[str, Any] = {"connect_timeout": cfg.connect_timeout, "application_name": cfg.application_name}
+    """libpq options: timeouts and keepalives (a vanished primary ends in an error, not a hang; see
+    docs/database.md), and full certificate verification when a CA is configured."""
+    args: dict[str, Any] = {
+        "connect_timeout": cfg.connect_timeout,
+        "application_name": cfg.application_name,
+        "keepalives": 1,
+        "keepalives_idle": cfg.keepalives_idle,
+        "keepalives_interval": cfg.keepalives_interval,
+        "keepalives_count": cfg.keepalives_count,
+        "tcp_user_timeout": cfg.tcp_user_timeout,
+    }
     if cfg.ssl_ca:
         args.update(sslmode="verify-full", sslrootcert=cfg.ssl_ca)
         if cfg.ssl_cert:
             args.update(sslcert=cfg.ssl_cert, sslkey=cfg.ssl_key or "")
     return args
+
+
+class HostOrder:
+    """The order libpq tries the hosts of a multi-host URL in (docs/database.md).
+
+    libpq tries them in order and a dead host costs ``connect_timeout`` per attempt. So the host that
+    last accepted a read-write session goes first, and after an attempt that found no writable host
+    the next one does: after a failover the pool stops paying for the dead old primary on every new
+    connection once one connection found the new primary."""
+
+    def __init__(self, hosts: str, ports: str) -> None:
+        self._hosts = hosts.split(",")
+        port_list = str(ports).split(",")
+        self._ports = port_list * len(self._hosts) if len(port_list) == 1 else port_list
+        self._lock = threading.Lock()
+
+    def current(self) -> tuple[str, str]:
+        with self._lock:
+            return ",".join(self._hosts), ",".join(self._ports)
+
+    def _first(self, i: int) -> None:
+        self._hosts = self._hosts[i:] + self._hosts[:i]
+        self._ports = self._ports[i:] + self._ports[:i]
+
+    def connected(self, host: str, port: int | str) -> None:
+        with self._lock:
+            for i, (h, p) in enumerate(zip(self._hosts, self._ports, strict=True)):
+                if h == host and str(p) == str(port):
+                    self._first(i)
+                    return
+
+    def failed(self) -> None:
+        with self._lock:
+            self._first(1)
+
+
+def _order_hosts(engine: Engine) -> HostOrder | None:
+    """For a PostgreSQL URL naming several hosts, connect through a :class:`HostOrder`."""
+    _args, params = engine.dialect.create_connect_args(engine.url)
+    if "," not in str(params.get("host", "")):
+        return None
+    order = HostOrder(str(params["host"]), str(params.get("port", "5432")))
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        cparams["host"], cparams["port"] = order.current()
+        try:
+            conn = dialect.dbapi.connect(*cargs, **cparams)
+        except Exception:
+            order.failed()
+            raise
+        order.connected(conn.info.host, conn.info.port)
+        return conn
+
+    return order
 
 
 def make_engine(cfg: DBConfig | str, **overrides: Any) -> Engine:
@@ -86,7 +152,19 @@ def make_engine(cfg: DBConfig | str, **overrides: Any) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif url.get_backend_name() == "postgresql":
+        order = _order_hosts(engine)
+        if order is not None:
+            _HOST_ORDERS[engine] = order
     return engine
+
+
+_HOST_ORDERS: weakref.WeakKeyDictionary[Engine, HostOrder] = weakref.WeakKeyDictionary()
+
+
+def host_order(engine: Engine) -> HostOrder | None:
+    """The :class:`HostOrder` of an engine over a multi-host URL, else None."""
+    return _HOST_ORDERS.get(engine)
 
 
 class Database:

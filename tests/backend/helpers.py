@@ -123,6 +123,7 @@ class SockClient:
         self.presence: dict[str, list[str]] = {}  # workspace -> users, from opened and presence frames
         self.presence_frames = 0
         self.raw: list[str] | None = None  # when a list: message frames are kept unparsed (floods)
+        self.heartbeats = 0
 
     async def connect(self, hello: bool = True) -> SockClient:
         headers = {"Cookie": self.user.cookie_header()}
@@ -151,6 +152,8 @@ class SockClient:
     def _frame(self, f: str) -> None:
         if f == "o":
             self.opened.set()
+        elif f == "h":
+            self.heartbeats += 1
         elif f.startswith("a") and self.raw is not None:
             self.raw.append(f)
         elif f.startswith("a"):
@@ -186,8 +189,9 @@ class SockClient:
         self._buf += chunk
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
-            line = line.strip(b"h") if set(line) == {ord("h")} else line
-            if line:
+            if line == b"h":
+                self.heartbeats += 1
+            elif line and set(line) != {ord("h")}:  # the prelude is a line of 2048 h
                 self._frame(line.decode())
 
     async def send_raw(self, text: str) -> None:

@@ -28,8 +28,8 @@ from tests.backend.test_backend_protocol import make_ws
 
 # Generous bounds (2 shared cores at 60-90 % CPU pressure while these run; the worker still runs git
 # and rmtree on its event loop: issue 19, worker side). bench/bench_containment.py records the figures.
-BYSTANDER_PING_P99 = 1.0  # seconds: the backend's own path (no worker): what its containment protects
-BYSTANDER_EXEC_MAX = 15.0  # seconds: served at all, end to end, never an error
+BYSTANDER_PING_P99 = 5.0  # seconds: the backend's own path (no worker): what its containment protects
+BYSTANDER_EXEC_MAX = 30.0  # seconds: served at all, end to end, never an error
 
 
 class Bystander:
@@ -71,7 +71,11 @@ class Bystander:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> tuple[float, float]:
-        await wait_until(lambda: len(self.execs) >= 3 or any(t.done() for t in self._tasks), 60, "bystander")
+        await wait_until(
+            lambda: (len(self.execs) >= 3 and len(self.pings) >= 10) or any(t.done() for t in self._tasks),
+            60,
+            "bystander runs",
+        )
         for t in self._tasks:
             t.cancel()
         await self.c.close()

@@ -181,3 +181,84 @@ async def test_concurrent_saves_from_two_backends_lose_nothing(
     finally:
         await ca.close()
         await cb.close()
+
+
+async def test_revocation_reaches_live_connections_on_every_backend(
+    backend_config: Callable[..., Any], start_backend: Any, pg_url: str, memcached: Memcached
+) -> None:
+    """The role lives in the connection (no DB on the hot path); share changes and deletion reach
+    connections on the other backend through NOTIFY at COMMIT, so a revoked member loses access."""
+    from tests.backend.helpers import wait_until
+
+    a: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    b: Backend = await start_backend(backend_config(pg_url, memcached=[memcached.address]))
+    await wait_until(lambda: a.app.events.connected and b.app.events.connected, what="LISTEN connections")
+    owner = await a.new_user("rowner")
+    member = HttpUser(b.base)
+    assert (await member.signup("rmember"))[0] == 200
+    ws = await make_ws(owner)
+    await owner.req("POST", f"/api/workspaces/{ws}/share", {"username": "rmember", "role": "editor"})
+    cm = await SockClient(member).connect()  # on backend b
+    try:
+        assert (await cm.request({"type": "open", "workspace": ws}))["role"] == "editor"
+        assert (await cm.request({"type": "write", "session": ws, "path": "x", "text": "1"}))[
+            "type"
+        ] == "write"
+        # editor -> viewer on backend a: b's connection is read-only from the next request on
+        await owner.req("POST", f"/api/workspaces/{ws}/share", {"username": "rmember", "role": "viewer"})
+        conn = next(c for c in b.app.live if c.user is not None and c.user.name == "rmember")
+        await wait_until(lambda: conn.workspaces.get(ws) == "viewer", 5, "role change on backend b")
+        r = await cm.request({"type": "write", "session": ws, "path": "x", "text": "2"})
+        assert r["code"] == "forbidden", r
+        assert (await cm.request({"type": "read", "session": ws, "path": "x"}))["text"] == "1"
+        # unshare on backend a: b's connection leaves the workspace
+        await owner.req("POST", f"/api/workspaces/{ws}/share", {"username": "rmember", "role": "none"})
+        left = await cm.recv(5)
+        assert (left["type"], left["reason"]) == ("left", "access revoked"), left
+        assert (await cm.request({"type": "read", "session": ws, "path": "x"}))["code"] == "no_session"
+        # deletion by the owner (CLI or API, any backend) ends it for everyone
+        await owner.req("POST", f"/api/workspaces/{ws}/share", {"username": "rmember", "role": "editor"})
+        assert (await cm.request({"type": "open", "workspace": ws}))["role"] == "editor"
+        assert (await owner.req("DELETE", f"/api/workspaces/{ws}"))[0] == 200
+        left = await cm.recv(5)
+        assert (left["type"], left["reason"]) == ("left", "workspace deleted"), left
+    finally:
+        await cm.close()
+
+
+async def test_hot_path_touches_neither_db_nor_cache(backend: Backend) -> None:
+    """exec, read, write, ls from an open, authorised connection: no DB call, no memcached call."""
+    u = await backend.new_user("hotpath")
+    ws = await make_ws(u)
+    c = await SockClient(u).connect()
+    app = backend.app
+    calls: dict[str, list[str]] = {"db": [], "cache": []}
+    background = {"_record", "list_workers"}  # the worker heartbeat (every 0.5 s here), not the requests
+    real_run, client = app.db.run, app.cache._client
+    assert client is not None
+    real_call = client._call
+
+    async def counted_run(fn: Any, *a: Any, **k: Any) -> Any:
+        if fn.__name__ not in background:
+            calls["db"].append(fn.__name__)
+        return await real_run(fn, *a, **k)
+
+    async def counted_call(key: bytes, *a: Any, **k: Any) -> Any:
+        calls["cache"].append(key.decode())
+        return await real_call(key, *a, **k)
+
+    try:
+        await c.request({"type": "open", "workspace": ws})
+        await c.frames({"type": "exec", "session": ws, "code": "1+1"})
+        app.db.run = counted_run  # type: ignore[method-assign]
+        client._call = counted_call  # type: ignore[method-assign]
+        for i in range(20):
+            assert (await c.frames({"type": "exec", "session": ws, "code": f"{i}+1"}))[-1]["status"] == "ok"
+            await c.request({"type": "write", "session": ws, "path": f"f{i}", "text": "x"})
+            await c.request({"type": "read", "session": ws, "path": f"f{i}"})
+            await c.request({"type": "ls", "session": ws})
+        assert calls == {"db": [], "cache": []}, calls
+    finally:
+        app.db.run = real_run  # type: ignore[method-assign]
+        client._call = real_call  # type: ignore[method-assign]
+        await c.close()

@@ -91,10 +91,13 @@ async def test_authorization(backend: Backend) -> None:
             assert (r["type"], r["code"]) == ("error", "forbidden"), (msg, r)
         assert (await viewer.req("POST", f"/api/workspaces/{ws}/rename", {"name": "x"}))[0] == 403
         assert (await viewer.req("DELETE", f"/api/workspaces/{ws}"))[0] == 403
-        # unsharing takes effect on the next message of an open connection
+        # unsharing takes effect at once: the open connection is told and its next message refused
         await owner.req("POST", f"/api/workspaces/{ws}/share", {"username": "viewer1", "role": "none"})
         r = await cv.request({"type": "read", "session": ws, "path": "f.txt"})
-        assert r["code"] == "not_found", r
+        assert r["code"] == "no_session", r
+        left = await cv.recv(5)
+        assert (left["type"], left["session"], left["reason"]) == ("left", ws, "access revoked"), left
+        assert (await cv.request({"type": "open", "workspace": ws}))["code"] == "not_found"
     finally:
         for c in (co, cv, cs):
             await c.close()
@@ -295,3 +298,20 @@ async def test_interrupt_and_restart(backend: Backend) -> None:
         assert r[-1]["status"] == "error" and any(f.get("ename") == "NameError" for f in r)
     finally:
         await c.close()
+
+
+async def test_heartbeats_come_from_one_timer(backend: Backend) -> None:
+    """SockJS heartbeats ("h") of every websocket session come from the backend's one HeartbeatWheel
+    (no timer per session: heartbeats.py explains the GC stall those caused); a closed session leaves
+    it. (sockjs-tornado starts no heartbeats for xhr-streaming sessions, which end after 128 KB.)"""
+    wheel = backend.app.heartbeats
+    wheel.interval = 0.2
+    u = await backend.new_user()
+    c = await SockClient(u).connect()
+    try:
+        await wait_until(lambda: c.heartbeats >= 2, 10, "two heartbeats")
+        assert len(wheel.due) == 1
+        assert all(s._heartbeat_timer is None for s in wheel.due)  # sockjs-tornado's own timer unused
+    finally:
+        await c.close()
+    await wait_until(lambda: not wheel.due, 15, "the closed session leaves the wheel")

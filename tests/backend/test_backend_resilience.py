@@ -166,7 +166,10 @@ async def test_database_down_gives_503_then_recovers(backend: Backend, postgres:
         assert code == 503 and b"database" in body
         code, body = await u.req("GET", "/api/workspaces")
         assert code == 503 and body["code"] == "db_unavailable"
+        # an open, authorised connection needs no DB (its role and placement live in the backend)
         r = await c.request({"type": "read", "session": ws, "path": "x"})
+        assert r["code"] == "not_found", r  # the worker's answer: no such file
+        r = await c.request({"type": "open", "workspace": ws})  # opening looks the role up again
         assert r["code"] == "db_unavailable", r
     finally:
         if not postgres.is_running():

@@ -10,12 +10,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sagews import cli
 from sagews.db import Database, DBConfig, make_engine, migrate
-from sagews.db.engine import pg_connect_args
+from sagews.db.engine import host_order, pg_connect_args
 from sagews.db.models import (
     Account,
     AuthSession,
@@ -206,6 +207,29 @@ def test_engine_settings() -> None:
         assert "sslmode" not in pg_connect_args(DBConfig())
     finally:
         engine.dispose()
+
+
+def test_a_multi_host_url_skips_a_dead_host_with_failover_timeouts(pg_url: str) -> None:
+    """The URL shape the app roles render (every database host, target_session_attrs=read-write):
+    libpq skips a host that refuses and connects to the writable one, with the DB layer's keepalive
+    and tcp_user_timeout settings in force (docs/database.md)."""
+    url = make_url(pg_url)
+    dead = "127.0.0.1:1"  # nothing listens on port 1: refused at once
+    multi = url.set(host=None, port=None, query={
+        **url.query, "host": [dead, f"{url.host}:{url.port}"], "target_session_attrs": "read-write",
+    })  # fmt: skip
+    engine = make_engine(DBConfig(url=multi.render_as_string(hide_password=False)))
+    try:
+        with engine.connect() as conn:
+            dsn = conn.connection.dbapi_connection.get_dsn_parameters()  # type: ignore[union-attr]
+            assert conn.exec_driver_sql("SELECT inet_server_port()").scalar_one() == url.port
+        # The next connections try the host that worked first (no connect_timeout on the dead one).
+        order = host_order(engine)
+        assert order is not None and order.current() == (f"{url.host},127.0.0.1", f"{url.port},1")
+    finally:
+        engine.dispose()
+    assert (dsn["keepalives_idle"], dsn["keepalives_interval"], dsn["tcp_user_timeout"]) == ("2", "1", "5000")
+    assert dsn["target_session_attrs"] == "read-write"
 
 
 def test_sqlite_home_path_is_expanded(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

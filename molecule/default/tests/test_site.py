@@ -40,7 +40,7 @@ UNITS = ("sagews-backend", "sagews-worker", "sagews-logserver")
 
 
 def test_every_service_is_running_and_enabled(host):
-    for unit in ("haproxy", "nginx", "postgresql@15-main", "memcached", "nftables", *UNITS):
+    for unit in ("haproxy", "nginx", "patroni", "etcd", "memcached", "nftables", *UNITS):
         svc = host.service(unit)
         assert svc.is_running and svc.is_enabled, unit
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import time
 
@@ -104,9 +105,12 @@ class MetricsHandler(BaseHandler):
             "sagews_cache_errors": cache.errors,
             "sagews_cache_rejected": cache.rejected,
             "sagews_cache_hit_ratio": cache.hits / lookups if lookups else 0.0,
+            "sagews_gc_full_collections": app.gc_watch.full,
+            "sagews_gc_longest_pause_seconds": app.gc_watch.longest,
+            "sagews_gc_frozen_objects": gc.get_freeze_count(),
         }
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=UTF-8")
-        self.finish(app.metrics.render(extra))
+        self.finish(app.metrics.render(extra, {"sagews_gc_pause_seconds": app.gc_watch.pauses}))
 
 
 class PageHandler(BaseHandler):

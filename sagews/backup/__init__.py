@@ -1,0 +1,1 @@
+"""Database backups with pgBackRest: ``sagews backup status`` (docs/backup.md)."""
