@@ -99,6 +99,32 @@ def test_the_load_balancers_talk_tls_to_the_port_the_backend_listens_on():
     assert 'name: server, type: server, extra_sans: ["{{ sagews_backend_tls_name }}"]' in pki
 
 
+def test_a_backend_drains_itself_through_the_socket_and_under_the_name_haproxy_gives_it():
+    """sagews_backend's restart handler drains backends/<name> over HAProxy's runtime API."""
+    odd = "be@1.example"  # an inventory name with a character HAProxy does not allow in server names
+    cfg = render(
+        "roles/haproxy/templates/haproxy.cfg.j2",
+        role_vars(
+            "haproxy",
+            haproxy_backend_servers=[{"name": odd, "address": "10.0.1.1"}],
+            __haproxy_stats_pw="x",
+            inventory_hostname="lb1",
+        ),
+    )
+    socket = re.search(r"^\s*stats socket (\S+) .*level admin", cfg, re.M)
+    server = re.search(r"^backend backends\n(?:.*\n)*?\s+server (\S+) 10\.0\.1\.1:", cfg, re.M)
+    assert socket and server, cfg
+    backend = role_vars("sagews_backend", sagews_backend_haproxy_server=odd)
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    name = Templar(loader=DataLoader(), variables=backend).template(
+        trust_as_template(backend["__sagews_backend_haproxy_name"])
+    )
+    assert name == server.group(1)
+    assert backend["sagews_backend_haproxy_socket"] == socket.group(1)
+
+
 def pki_installed(name: str) -> str:
     install_dir = yaml_file("roles/pki/defaults/main.yml")["pki_install_dir"]
     return f"{install_dir}/{name}"
