@@ -6,11 +6,11 @@ import pytest
 DIR = "/etc/ssl/sagews"
 EXPECTED = {  # playbooks/pki.yml: what each group gets
     "pki-a": {"server", "worker-client", "logserver-client", "postgresql-client"},
-    "pki-b": {"postgresql", "server", "postgresql-client"},
-    "pki-c": {"server", "logserver-client"},
+    "pki-b": {"postgresql", "server", "logserver-client", "postgresql-client", "etcd"},  # + its etcd member
+    "pki-c": {"worker", "logserver-client"},  # the worker's own server certificate
 }
 ADDRESSES = {"pki-a": "172.30.3.10", "pki-b": "172.30.3.11", "pki-c": "172.30.3.12"}
-OWNERS = {"postgresql": "postgres"}
+OWNERS = {"postgresql": "postgres", "etcd": "etcd", "worker": "root"}
 
 
 def name(host):
@@ -56,7 +56,7 @@ def test_keys_are_private_to_their_service_and_match(host):
 
 
 def test_server_certificates_name_the_host_its_address_and_the_public_names(host):
-    servers = [c for c in EXPECTED[name(host)] if c in ("server", "postgresql")]
+    servers = [c for c in EXPECTED[name(host)] if c in ("server", "postgresql", "worker", "etcd")]
     for cert in servers:
         out = text(host, cert)
         assert f"DNS:{name(host)}" in out
@@ -75,7 +75,7 @@ def test_client_certificates_are_client_only(host):
 
 def test_a_server_certificate_is_accepted_by_a_tls_client_checking_the_name(host):
     """openssl s_server with the host's certificate; s_client verifies chain and hostname."""
-    cert = "postgresql" if name(host) == "pki-b" else "server"
+    cert = {"pki-b": "postgresql", "pki-c": "worker"}.get(name(host), "server")
     host.run(
         f"timeout 10 openssl s_server -accept 8443 -cert {DIR}/{cert}.crt -key {DIR}/{cert}.key "
         "-naccept 1 -quiet >/dev/null 2>&1 &"
@@ -110,4 +110,4 @@ def test_an_added_host_gets_its_certificates(host):
         pytest.skip("pki-c is the host added by side_effect.yml")
     assert not host.file("/root/pki-before.txt").exists
     now, _ = serials(host)
-    assert set(now) == {"ca.crt", "server.crt", "logserver-client.crt"}
+    assert set(now) == {"ca.crt", "worker.crt", "logserver-client.crt"}
