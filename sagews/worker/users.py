@@ -68,6 +68,20 @@ async def _run(*cmd: str) -> tuple[int, str]:
     return proc.returncode or 0, err.decode(errors="replace").strip()
 
 
+async def _ensure_group(name: str, gid: int) -> None:
+    """The group ``name`` with gid ``gid``, created if missing (a group of that name with another gid,
+    left by an older configuration, is kept: the user's uid is what confinement keys on)."""
+    for attempt in range(5):  # /etc/group may be locked by another groupadd for a moment
+        code, err = await _run("groupadd", "--system", "--gid", str(gid), name)
+        if code in {0, 9}:  # 9: the name exists already
+            return
+        if code == 4:  # gid in use by a group that is not ours
+            raise UidConflict(f"groupadd {name}: gid {gid} is taken: {err}")
+        if attempt == 4:
+            raise RuntimeError(f"groupadd {name} failed: {err}")
+        await asyncio.sleep(0.2 * (attempt + 1))
+
+
 async def ensure_user(name: str, uid: int | None = None) -> Account:
     """The pool user ``name`` (with uid ``uid`` when given), created if missing. A pool user left
     with another uid (an older configuration) is removed and created again with the right one."""
@@ -80,7 +94,12 @@ async def ensure_user(name: str, uid: int | None = None) -> Account:
             raise RuntimeError(f"userdel {name} failed: {err}")
         pw = None
     if pw is None:
-        extra = ["--uid", str(uid)] if uid is not None else []
+        # A fixed uid gets the group of the same number: useradd --user-group would take a gid from the
+        # system range (100-999), which a few hundred pool users exhaust ("no more available GIDs").
+        extra = ["--user-group"]
+        if uid is not None:
+            await _ensure_group(name, uid)
+            extra = ["--uid", str(uid), "--gid", name, "--no-user-group"]
         for attempt in range(5):  # /etc/passwd may be locked by another useradd for a moment
             code, err = await _run(
                 "useradd",
@@ -88,7 +107,6 @@ async def ensure_user(name: str, uid: int | None = None) -> Account:
                 "--no-create-home",
                 "--shell",
                 "/usr/sbin/nologin",
-                "--user-group",
                 *extra,
                 name,
             )

@@ -7,6 +7,7 @@ import os
 import pwd
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -221,6 +222,13 @@ def test_without_isolation_the_uid_is_killed_instead(make_worker: Callable[..., 
         r = c.execute(sid, "import os, subprocess\nsubprocess.Popen(['sleep', '600'])\nos.getpid() != 2")
         assert r["result"]["text/plain"] == "True"  # the host's PID namespace
         c.request("restart", session=sid)
-        assert len(uid_pids(uid)) == 1
+        # the old engine and its sleep get SIGKILL; the kernel reaps them a moment after restart returns
+        deadline = time.monotonic() + 10
+        while len(uid_pids(uid)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(uid_pids(uid)) == 1  # the new engine only
         c.request("close", session=sid)
+        deadline = time.monotonic() + 10
+        while uid_pids(uid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert uid_pids(uid) == []
