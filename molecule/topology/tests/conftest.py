@@ -24,17 +24,14 @@ EPH = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
 CA = f"{EPH}/pki/ca/ca.crt"
 HOSTS = {
     "topo-lb1": f"{NET}.10", "topo-lb2": f"{NET}.11",
-    "topo-be1": f"{NET}.21", "topo-be2": f"{NET}.22",
-    "topo-wk1": f"{NET}.31", "topo-wk2": f"{NET}.32",
+    "topo-app1": f"{NET}.21", "topo-app2": f"{NET}.22",
     "topo-db1": f"{NET}.41", "topo-db2": f"{NET}.42",
-    "topo-cache": f"{NET}.51", "topo-static": f"{NET}.61",
-    "topo-log1": f"{NET}.71", "topo-log2": f"{NET}.72",
     "topo-backup": f"{NET}.81",
 }  # fmt: skip
 LBS = ("topo-lb1", "topo-lb2")
-BACKENDS = ("topo-be1", "topo-be2")
-WORKERS = ("topo-wk1", "topo-wk2")
-LOGSERVERS = ("topo-log1", "topo-log2")
+BACKENDS = ("topo-app1", "topo-app2")
+WORKERS = ("topo-app1", "topo-app2")
+LOGSERVERS = ("topo-app1", "topo-app2")
 
 
 def name(host) -> str:

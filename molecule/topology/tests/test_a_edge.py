@@ -115,8 +115,8 @@ def test_stats_page_needs_the_generated_password(host):
 
 
 def test_new_connections_per_source_are_rate_limited(host):
-    if name(host) != "topo-be1":
-        pytest.skip("run from topo-be1, a source of its own (the limit would then block the test host)")
+    if name(host) != "topo-app1":
+        pytest.skip("run from topo-app1, a source of its own (the limit would then block the test host)")
     # 100 new connections in a few seconds from one source; the scenario allows 60 per 10 s.
     out = host.check_output(
         "ok=0; for i in $(seq 100); do "
