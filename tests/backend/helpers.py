@@ -198,7 +198,12 @@ class SockClient:
         """One SockJS message (a string; the client library JSON-encodes our objects first)."""
         payload = json.dumps([text])
         if self.ws is not None:
-            await self.ws.write_message(payload)
+            try:
+                await self.ws.write_message(payload)
+            except tornado.websocket.WebSocketClosedError as exc:
+                # The server closed the socket before this write: nothing was sent, a re-send is safe.
+                closed = f"{self.ws.close_code} {self.ws.close_reason}"
+                raise ConnectionError(f"not sent: closed: {closed}") from exc
         else:
             r = await self.user.http.fetch(
                 self.user.base + self.path + "/xhr_send",

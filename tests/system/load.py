@@ -82,7 +82,8 @@ class LoadUser:
             try:
                 frames = await self.c.frames({**msg, "session": self.ws}, timeout=timeout)
             except ConnectionError as exc:
-                clean = "1012" in str(exc)
+                # a clean restart (1012), or a request that never left (the socket was closed first)
+                clean = "1012" in str(exc) or str(exc).startswith("not sent")
                 self.counts.reconnects += 1
                 await self._reconnect()
                 if clean:
