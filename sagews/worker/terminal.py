@@ -120,6 +120,8 @@ class Terminal:
             self._stop_reading()
             return
         self.output_bytes += len(data)
+        if self.subscribers:  # someone watches it: the session is in use (no idle close)
+            self.session.last_activity = time.monotonic()
         self._spend(len(data))
         text = self.decoder.decode(data)
         if text:

@@ -82,28 +82,38 @@ def _kill_session(sid: int) -> None:
 
 def _shell(a: dict[str, Any], slave: int, ns: dict[str, int]) -> NoReturn:
     try:
-        if "ipc" in ns:
-            isolation.setns(ns["ipc"], isolation.CLONE_NEWIPC)
-        if "mnt" in ns:
-            isolation.setns(ns["mnt"], isolation.CLONE_NEWNS)  # also moves root and cwd: chdir below
-        if a.get("cgroup"):
-            with open(os.path.join(a["cgroup"], "cgroup.procs"), "w") as fh:
-                fh.write("0")  # this process, before it runs anything of the user's
-        os.setsid()
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-        for fd in (0, 1, 2):
-            os.dup2(slave, fd)
-        os.closerange(3, 65536)
-        signal.set_wakeup_fd(-1)
-        for sig in DEFAULT_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        signal.alarm(0)
-        engine.drop_privileges({**a, "isolate": False})  # the engine's own rlimits, uid drop and flags
-        shell = a["shell"]
-        os.execve(shell, [os.path.basename(shell)], dict(os.environ))  # noqa: S606 (the shell is the point)
+        _enter_and_exec(a, slave, ns)
+    except BaseException as exc:  # shown in the terminal itself: the keeper then reports the exit
+        with contextlib.suppress(OSError):
+            os.write(
+                2 if os.isatty(2) else slave, f"[sagews: the terminal did not start: {exc}]\r\n".encode()
+            )
     finally:
         os._exit(127)
+
+
+def _enter_and_exec(a: dict[str, Any], slave: int, ns: dict[str, int]) -> None:
+    """Join the engine's namespaces and cgroup, take the pty, drop privileges, exec the shell."""
+    if "ipc" in ns:
+        isolation.setns(ns["ipc"], isolation.CLONE_NEWIPC)
+    if "mnt" in ns:
+        isolation.setns(ns["mnt"], isolation.CLONE_NEWNS)  # also moves root and cwd: chdir below
+    if a.get("cgroup"):
+        with open(os.path.join(a["cgroup"], "cgroup.procs"), "w") as fh:
+            fh.write("0")  # this process, before it runs anything of the user's
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.closerange(3, 65536)
+    signal.set_wakeup_fd(-1)
+    for sig in DEFAULT_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.alarm(0)
+    engine.drop_privileges({**a, "isolate": False})  # the engine's own rlimits, uid drop and flags
+    shell = a["shell"]
+    os.execve(shell, [os.path.basename(shell)], dict(os.environ))  # noqa: S606 (the shell is the point)
 
 
 def keeper(args_fd: int, result_fd: int, slave: int, ns: dict[str, int]) -> NoReturn:

@@ -163,6 +163,9 @@ def test_cgroup_switch_with_stand_in_tree(make_worker: Callable[..., WorkerProc]
         assert pid in uid_pids(pwd.getpwnam(opened_user).pw_uid)
         assert int((d / "memory.max").read_text()) == 300 << 20
         assert (d / "pids.max").read_text() == "32"
+        # a terminal's shell joins the same cgroup itself, before it runs anything (it writes "0": itself)
+        c.request("term_open", session=sid)
+        wait_for(lambda: (d / "cgroup.procs").read_text() == "0", what="the shell in the workspace's cgroup")
         c.request("close", session=sid)
 
 
