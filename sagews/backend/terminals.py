@@ -56,6 +56,7 @@ class Terminals:
             conn.send_json({"type": "term_detached", "session": ws_id, "terminal": tid, "reason": reason})
         if not conns:
             del self.attached[(ws_id, tid)]
+            self._prune(ws_id)
             self._spawn(self._release(ws_id, tid))
 
     def detach_all(self, conn: Client, ws_id: str | None = None, reason: str | None = None) -> None:
@@ -88,6 +89,13 @@ class Terminals:
                 conn.send_json(out)
         if msg.get("type") == "term_exit":
             self.attached.pop((ws_id, tid), None)
+            self._prune(ws_id)
+
+    def _prune(self, ws_id: str) -> None:
+        """Forget the workspace's worker session once none of its terminals is attached here."""
+        if not any(key[0] == ws_id for key in self.attached):
+            for session in [s for s, w in self.by_session.items() if w == ws_id]:
+                del self.by_session[session]
 
     async def _release(self, ws_id: str, tid: str) -> None:
         """No client of this backend watches the terminal any more: detach at the worker (and attach
