@@ -134,7 +134,9 @@
 
     add(id) {
       cspSafeStyles();
-      const box = el("div", { class: "term-screen", dataset: { terminal: id }, hidden: true });
+      // opened in a visible box (xterm measures its character cell there), hidden again below unless active
+      const box = el("div", { class: "term-screen", dataset: { terminal: id } });
+      for (const x of this.terms.values()) x.box.hidden = true;
       this.screens.append(box);
       const term = new window.Terminal({ fontSize: 13, scrollback: 5000, cursorBlink: true, fontFamily: "ui-monospace, Menlo, Consolas, monospace", theme: { background: "#1e1e1e" } });
       const fit = new window.FitAddon.FitAddon();
@@ -149,6 +151,10 @@
       this.tabsEl.append(tab);
       const t = { term, fit, box, tab, ended: false };
       this.terms.set(id, t);
+      if (this.active && this.active !== id && this.terms.has(this.active)) {
+        box.hidden = true;
+        this.terms.get(this.active).box.hidden = false;
+      }
       return t;
     }
 
@@ -162,6 +168,7 @@
         x.tab.querySelector("[role=tab]").setAttribute("aria-selected", String(tid === id));
       }
       this.resizeTo(id);
+      t.term.refresh(0, t.term.rows - 1); // drawn while hidden: draw it now
       t.term.focus();
     }
 

@@ -60,11 +60,17 @@ def test_terminal_and_completion(pages, dev_server):
     expect(screen(page)).to_contain_text("max user processes")
     snap(page, "02-terminal-after-reload")
 
-    # keystroke -> echo on the screen, measured in the page: keydown to the row's re-render
-    # (browser -> SockJS -> backend -> worker -> pty -> shell echo -> back -> xterm.js)
+    # keystroke -> echo, measured in the page: keydown to the echo's term_output frame arriving (browser ->
+    # SockJS -> backend -> worker -> pty -> shell -> back), and to xterm.js re-rendering the row
     page.evaluate(
-        """() => { window.__lat = []; let t0 = 0;
-        document.addEventListener('keydown', () => { t0 = performance.now(); }, true);
+        """() => { window.__lat = []; window.__net = []; window.__wire = []; let t0 = 0, t1 = 0, t2 = 0;
+        const c = SW.app.state.conn, onMessage = c._onMessage.bind(c);
+        c._onMessage = (raw) => { if (t1 && String(raw).includes('term_output')) {
+          window.__net.push(performance.now() - t1); window.__wire.push(performance.now() - t2); t1 = 0; }
+          onMessage(raw); };
+        const s = SW.app.state.ws.session, input = s.termInput;
+        s.termInput = (...a) => { t2 = performance.now(); return input(...a); };
+        document.addEventListener('keydown', () => { t0 = t1 = performance.now(); }, true);
         const rows = document.querySelector('#terminal-view .term-screen:not([hidden]) .xterm-rows');
         new MutationObserver(() => { if (t0) { window.__lat.push(performance.now() - t0); t0 = 0; } })
           .observe(rows, {subtree: true, childList: true, characterData: true}); }"""
@@ -73,10 +79,13 @@ def test_terminal_and_completion(pages, dev_server):
     page.keyboard.type("abcdefghijklmnopqrst", delay=80)
     expect(screen(page)).to_contain_text("abcdefghijklmnopqrst")
     lat = sorted(page.evaluate("() => window.__lat"))
-    assert len(lat) >= 15, lat
+    net = sorted(page.evaluate("() => window.__net"))
+    wire = sorted(page.evaluate("() => window.__wire"))
+    assert len(lat) >= 15 and len(net) >= 15, (lat, net)
     print(
-        f"browser keystroke->echo: median {lat[len(lat) // 2]:.1f} ms, "
-        f"max {lat[-1]:.1f} ms over {len(lat)} keys"
+        f"browser keystroke->echo: term_input sent -> term_output back median {wire[len(wire) // 2]:.1f} ms; "
+        f"keydown -> frame back median {net[len(net) // 2]:.1f} ms (max {net[-1]:.1f}), "
+        f"on screen after median {lat[len(lat) // 2]:.1f} ms (max {lat[-1]:.1f}) over {len(lat)} keys"
     )
     page.keyboard.press("Control+U")
 
