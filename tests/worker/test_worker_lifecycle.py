@@ -230,6 +230,9 @@ def test_without_isolation_the_uid_is_killed_instead(make_worker: Callable[..., 
         while len(uid_pids(uid)) > 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(uid_pids(uid)) == 1  # the new engine only
+        # a terminal without namespaces: the workspace's uid all the same, and it ends with the session
+        c.request("term_open", session=sid)
+        wait_for(lambda: len(uid_pids(uid)) == 2, what="the terminal's shell running as the workspace's uid")
         c.request("close", session=sid)
         deadline = time.monotonic() + 10
         while uid_pids(uid) and time.monotonic() < deadline:
