@@ -210,6 +210,7 @@ class Terminal:
         if not self.alive:
             return
         self.alive = False
+        log.info("terminal %s of %s: %s", self.id, self.session.workspace, describe_exit(status))
         self.broadcast({"type": "term_exit", "status": status, "message": describe_exit(status)})
         self.subscribers.clear()
         self._release()
