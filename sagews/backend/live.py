@@ -444,6 +444,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
     def revoke(self, ws_id: str, reason: str) -> None:
         """The caller may no longer use ``ws_id``: leave it and say so (unsolicited ``left``)."""
         if ws_id in self.workspaces:
+            self.app.workspaces.terminals.detach_all(self, ws_id, reason)
             self._leave(ws_id)
             self.send_json({"type": "left", "session": ws_id, "reason": reason})
 

@@ -251,10 +251,12 @@ async def open_terminal(session: Session, rows: int, cols: int) -> Terminal:
     if not session.alive or session.proc is None:
         raise ProtocolError("session_dead", f"the session's engine is not running ({session.death})")
     worker = session.worker
-    master, slave = os.openpty()
-    os.set_blocking(master, False)
-    lifeline = result = -1
+    owned: list[int] = []  # descriptors of ours to close if the terminal does not start
+    pipe = None
     try:
+        master, slave = os.openpty()
+        owned += [master, slave]
+        os.set_blocking(master, False)
         set_size(master, rows, cols)
         os.fchown(slave, session.account.uid, session.account.gid)  # the user's own tty, like login's
         os.fchmod(slave, 0o600)
@@ -262,10 +264,14 @@ async def open_terminal(session: Session, rows: int, cols: int) -> Terminal:
         if worker.isolated:  # the engine's namespaces (it is alive: its pid is its own)
             for name in ("pid", "ipc", "mnt"):
                 ns[name] = os.open(f"/proc/{session.engine_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                owned.append(ns[name])
         lifeline_read, lifeline = os.pipe()
+        owned += [lifeline_read, lifeline]
         result, result_write = os.pipe()
-        await worker.forker.terminal(lifeline_read, result_write, slave, ns)  # closes what it sends
-        slave = -1
+        owned += [result, result_write]
+        handed = {lifeline_read, result_write, slave, *ns.values()}
+        owned = [fd for fd in owned if fd not in handed]  # Forker.terminal closes these, sent or not
+        await worker.forker.terminal(lifeline_read, result_write, slave, ns)
         shell = shell_path()
         env = {**session.env(), "TERM": "xterm-256color", "COLORTERM": "truecolor", "SHELL": shell}
         args = {
@@ -278,12 +284,11 @@ async def open_terminal(session: Session, rows: int, cols: int) -> Terminal:
             "cgroup": str(worker.cgroups.path(session.workspace)) if worker.cgroups is not None else None,
         }
         os.write(lifeline, json.dumps(args).encode() + b"\n")  # a few KiB into an empty pipe: no wait
+        owned.remove(result)
+        pipe = os.fdopen(result, "rb")  # closed with it (or by the transport) from here on
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(result, "rb")
-        )
-        result = -1
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
         try:
             line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
             answer = json.loads(line) if line else {}
@@ -294,10 +299,11 @@ async def open_terminal(session: Session, rows: int, cols: int) -> Terminal:
             why = answer.get("error", "no answer")
             raise ProtocolError("engine_failed", f"the terminal did not start: {why}")
     except BaseException:
-        for fd in (master, slave, lifeline, result):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if pipe is not None:
+            pipe.close()
+        for fd in owned:  # the lifeline among them: a keeper that did start ends the terminal
+            with contextlib.suppress(OSError):
+                os.close(fd)
         raise
     term = Terminal(session, master, rows, cols)
     term.pid = int(answer["pid"])
