@@ -93,7 +93,14 @@ try:
     import psycopg2
     import psycopg2.errors
 
-    UNAVAILABLE += (psycopg2.OperationalError, psycopg2.InterfaceError)
+    # Also "unavailable", so records are spooled and replayed rather than dropped: the schema not there
+    # yet (a log server started before `sagews db upgrade`) and a primary turned replica (failover).
+    UNAVAILABLE += (
+        psycopg2.OperationalError,
+        psycopg2.InterfaceError,
+        psycopg2.errors.UndefinedTable,
+        psycopg2.errors.ReadOnlySqlTransaction,
+    )
     _UNIQUE_VIOLATION = (psycopg2.errors.UniqueViolation,)
 except ImportError:  # pragma: no cover
     pass

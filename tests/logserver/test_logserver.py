@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sagews import framing
+from sagews.db import migrate
 from sagews.logserver.client import LogServerHandler
 from tests.fixtures.postgres import PostgresCluster
 
@@ -139,6 +140,29 @@ def test_db_down_server_spools_and_replays(
         assert rows == distinct == n + 1
         assert msgs == {"up"} | {f"d{i}" for i in range(n)}
         assert stats(server)["replayed"] >= n
+    finally:
+        h.close()
+
+
+def test_records_sent_before_the_schema_exists_are_kept_until_it_does(
+    pg_url: str,
+    make_server: Callable[..., LogServerProc],
+    client_config: Any,
+    stats: Callable[[LogServerProc], dict[str, int]],
+) -> None:
+    """A log server deployed before `sagews db upgrade` ran (or a DB restored without tables) spools
+    what it acknowledges instead of dropping it, and stores it once the tables are there."""
+    server = make_server(pg_url)
+    h = LogServerHandler(client_config([server]), "svc")
+    lg = _logger("noschema", h)
+    try:
+        for i in range(50):
+            lg.info("early%d", i)
+        wait_for(lambda: h.metrics["acked"] >= 50, 30, "acks while the tables are missing")
+        assert stats(server)["spooled"] >= 50
+        migrate.upgrade(pg_url)
+        rows, distinct, msgs = _stored(pg_url, 50)
+        assert rows == distinct == 50 and msgs == {f"early{i}" for i in range(50)}
     finally:
         h.close()
 

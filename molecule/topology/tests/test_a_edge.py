@@ -76,13 +76,12 @@ def test_sockjs_sessions_stick_to_one_backend_on_both_load_balancers(host):
     prefix (/sockjs/<server>/<session>/...), half of them reach a backend that does not know the
     session and get 404. The other load balancer must know the session too (stick table over peers)."""
     once(host)
-    s = requests.Session()
-    s.verify = CA
-    s.get(f"{BASE}/api/me", timeout=5)
+    s = requests.Session()  # verify= on each request: REQUESTS_CA_BUNDLE in the environment beats s.verify
+    s.get(f"{BASE}/api/me", verify=CA, timeout=5)
     user = f"sticky{secrets.token_hex(3)}"
     r = s.post(
         f"{BASE}/api/signup", json={"username": user, "password": "correct horse battery"},
-        headers={"X-XSRFToken": s.cookies["_xsrf"]}, timeout=10,
+        headers={"X-XSRFToken": s.cookies["_xsrf"]}, verify=CA, timeout=10,
     )  # fmt: skip
     assert r.status_code == 200, r.text
     before = {b: int(stats("topo-lb1")[f"backends/{b}"]["stot"]) for b in BACKENDS}

@@ -62,9 +62,13 @@ def test_every_service_logs_into_the_database_through_the_log_servers(host):
     wanted = {("backend", h) for h in BACKENDS} | {("worker", h) for h in WORKERS}
     wanted |= {("logserver", h) for h in LOGSERVERS}
 
-    def stored() -> set:
-        rows = query("SELECT DISTINCT service, host FROM log_records")
-        return wanted <= set(rows) and set(rows)
+    seen: set = set()
 
-    seen = wait_for(stored, 90, "log records from every backend, worker and log server")
-    assert wanted <= seen
+    def stored() -> bool:
+        seen.update(query("SELECT DISTINCT service, host FROM log_records"))
+        return wanted <= seen
+
+    try:
+        wait_for(stored, 90, "log records from every backend, worker and log server")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: missing {sorted(wanted - seen)}, stored {sorted(seen)}") from None

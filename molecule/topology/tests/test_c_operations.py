@@ -71,6 +71,7 @@ async def upgrade_under_load(users: int) -> tuple[Counts, list[str], subprocess.
 SERVICES = [(h, "sagews-backend") for h in BACKENDS] + [(h, "sagews-worker") for h in WORKERS]
 
 
+@pytest.mark.timeout(1200)  # the playbook restarts six services one at a time (printed: how long it took)
 def test_rolling_upgrade_under_load_fails_no_request_and_loses_no_save(host):
     once(host)
     before = {s: main_pid(*s) for s in SERVICES}

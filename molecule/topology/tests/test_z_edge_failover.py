@@ -135,10 +135,10 @@ def test_zz_vip_failover(host):
         assert all(ok for t, ok in poll.results if t >= t0 + node_gap), "requests failed after the failover"
     finally:
         subprocess.run(["docker", "start", master], check=True, capture_output=True)
-        node = node(master)
-        node.run("systemctl is-system-running --wait")
+        lb = node(master)
+        lb.run("systemctl is-system-running --wait")
         for _ in range(60):
-            if node.run("systemctl is-active haproxy keepalived").rc == 0:
+            if lb.run("systemctl is-active haproxy keepalived").rc == 0:
                 break
             time.sleep(0.5)
 
@@ -159,10 +159,10 @@ def test_zz_vip_failover(host):
         print(f"VIP failover, node {master} killed: requests failed for {kill_gap:.2f} s")
     finally:
         subprocess.run(["docker", "start", master], check=True, capture_output=True)
-        node = node(master)
-        node.run("systemctl is-system-running --wait")
+        lb = node(master)
+        lb.run("systemctl is-system-running --wait")
         for _ in range(60):
-            if node.run("systemctl is-active haproxy keepalived").rc == 0:
+            if lb.run("systemctl is-active haproxy keepalived").rc == 0:
                 break
             time.sleep(0.5)
     assert haproxy_gap <= FAILOVER_TARGET_S, f"HAProxy-death failover took {haproxy_gap:.2f} s"
