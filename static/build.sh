@@ -12,17 +12,22 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 rm -rf vendor.tmp
 mkdir -p vendor.tmp/codemirror/mode vendor.tmp/codemirror/addon vendor.tmp/katex vendor.tmp/sockjs \
-  vendor.tmp/markdown-it vendor.tmp/dompurify
+  vendor.tmp/markdown-it vendor.tmp/dompurify vendor.tmp/xterm
 cp node_modules/sockjs-client/dist/sockjs.min.js vendor.tmp/sockjs/
 cp node_modules/codemirror/lib/codemirror.js node_modules/codemirror/lib/codemirror.css vendor.tmp/codemirror/
 # python: code cells; markdown, htmlmixed (+ the xml, javascript, css modes it nests): text cells
 for m in python markdown xml htmlmixed javascript css; do cp -r node_modules/codemirror/mode/$m vendor.tmp/codemirror/mode/; done
 cp node_modules/codemirror/addon/edit/matchbrackets.js vendor.tmp/codemirror/addon/
+# Tab completion in cells (the list of the engine's matches)
+cp node_modules/codemirror/addon/hint/show-hint.js node_modules/codemirror/addon/hint/show-hint.css vendor.tmp/codemirror/addon/
+# the workspace terminal (static/js/terminal.js)
+cp node_modules/@xterm/xterm/lib/xterm.js node_modules/@xterm/xterm/css/xterm.css vendor.tmp/xterm/
+cp node_modules/@xterm/addon-fit/lib/addon-fit.js vendor.tmp/xterm/
 cp node_modules/katex/dist/katex.min.js node_modules/katex/dist/katex.min.css vendor.tmp/katex/
 cp -r node_modules/katex/dist/fonts vendor.tmp/katex/
 cp node_modules/markdown-it/dist/browser/markdown-it.umd.min.js vendor.tmp/markdown-it/markdown-it.min.js
 cp node_modules/dompurify/dist/purify.min.js vendor.tmp/dompurify/
-for p in sockjs-client codemirror katex markdown-it dompurify; do
+for p in sockjs-client codemirror katex markdown-it dompurify @xterm/xterm @xterm/addon-fit; do
   node -e "const p=require('./node_modules/$p/package.json'); console.log(p.name+' '+p.version+' '+p.license)"
 done > vendor.tmp/VERSIONS
 rm -rf vendor && mv vendor.tmp vendor

@@ -232,6 +232,7 @@ class BackendApp(tornado.web.Application):
                 conn.revoke(ws_id, "access revoked" if members else "workspace deleted")
             else:
                 conn.workspaces[ws_id] = role
+                self.workspaces.terminals.role_changed(conn, ws_id, role)  # a viewer: detached now
 
     def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("kind") == "revoke" and isinstance(event.get("th"), list):

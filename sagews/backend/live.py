@@ -23,6 +23,7 @@ from sagews import notebook
 from sagews.backend.accounts import User, hash_token
 from sagews.backend.handlers.base import lookup_user
 from sagews.backend.limits import HEAVY, Account, TokenBucket
+from sagews.backend.terminals import TERMINAL_ROLES
 from sagews.backend.workers import WorkerUnavailable
 from sagews.backend.workspaces import WorkspaceError, check_id, db_members, db_unpublish
 
@@ -44,16 +45,37 @@ RELAY_FIELDS: dict[str, tuple[str, ...]] = {
     "exec": ("code", "engine"),
     "interrupt": (),
     "restart": (),
+    # terminals (sagews/backend/terminals.py) and completion: owners and editors only
+    "term_open": ("rows", "cols"),
+    "term_attach": ("terminal",),
+    "term_detach": ("terminal",),
+    "term_input": ("terminal", "data"),
+    "term_resize": ("terminal", "rows", "cols"),
+    "term_close": ("terminal",),
+    "term_list": (),
+    "complete": ("code", "cursor", "engine"),
 }
+TERMINAL_OPS = frozenset({k for k in RELAY_FIELDS if k.startswith("term_")} | {"complete"})
 MAX_ID = 2**53
 # the type of each relayed field (anything else: bad_field before it reaches a worker)
 FIELD_TYPES: dict[str, type] = {
     "path": str, "commit": str, "text": str, "b64": str, "src": str, "dst": str,
-    "code": str, "engine": str, "limit": int,
+    "code": str, "engine": str, "limit": int, "terminal": str, "data": str, "rows": int, "cols": int,
+    "cursor": int,
 }  # fmt: skip
-FIELD_MAX = {"path": 4096, "src": 4096, "dst": 4096, "commit": 64, "engine": 32}
+FIELD_MAX = {
+    "path": 4096,
+    "src": 4096,
+    "dst": 4096,
+    "commit": 64,
+    "engine": 32,
+    "terminal": 64,
+    "data": 65536,
+}
+INT_MIN = {"cursor": 0}  # integers are 1-100000 unless said here
 # requests that skip the per-connection queue: an interrupt must overtake what it interrupts
-UNQUEUED = frozenset({"interrupt", "hello"})
+# (keystrokes and resizes: not queued behind other requests, so they reach the worker in order)
+UNQUEUED = frozenset({"interrupt", "hello", "term_input", "term_resize"})
 # workspace management over SockJS (same rules as the REST calls): type -> roles allowed
 MANAGE_OPS: dict[str, tuple[str, ...]] = {
     "members": ("owner", "editor", "viewer"),
@@ -90,8 +112,9 @@ def relay_fields(kind: str, msg: dict[str, Any]) -> dict[str, Any]:
             raise ClientError("bad_field", f"{k} must be a{'n integer' if want is int else ' string'}")
         if isinstance(v, str) and len(v) > FIELD_MAX.get(k, 1 << 62):
             raise ClientError("bad_field", f"{k} is longer than {FIELD_MAX[k]} characters")
-        if isinstance(v, int) and not 0 < v <= 100_000:
-            raise ClientError("bad_field", f"{k} must be between 1 and 100000")
+        low = INT_MIN.get(k, 1)
+        if isinstance(v, int) and not low <= v <= 100_000:
+            raise ClientError("bad_field", f"{k} must be between {low} and 100000")
         out[k] = v
     return out
 
@@ -151,6 +174,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             self.account = None
         for ws_id in list(self.workspaces):
             self._leave(ws_id)
+        self.app.workspaces.terminals.detach_all(self)
         # requests in flight run to completion (an exec keeps its workspace 'computing' until the
         # worker says done; its output is dropped): cancelling would lose track of running code
 
@@ -327,6 +351,9 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         role = self.workspaces[ws_id]
         if (kind in WRITE_OPS or kind == "save") and role == "viewer":
             raise ClientError("forbidden", "Read-only: you are a viewer of this workspace")
+        if kind in TERMINAL_OPS:
+            await self.terminal_op(kind, ws_id, role, msg)
+            return
         if kind == "save":
             message = msg.get("message")
             if message is not None and not isinstance(message, str):
@@ -354,6 +381,28 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         if kind in ("write", "rename", "delete") and r.get("type") != "error":
             path = msg.get("path") or msg.get("dst")
             self.app.file_changed(ws_id, str(path), self.user.name, origin=self)
+
+    async def terminal_op(self, kind: str, ws_id: str, role: str, msg: dict[str, Any]) -> None:
+        """Terminals and completion (docs/protocol-client.md "Terminals"): relayed to the worker for
+        owners and editors; a viewer gets none. Attachments are this backend's (terminals.py)."""
+        re_ = msg["id"]
+        if role not in TERMINAL_ROLES:
+            what = "completion" if kind == "complete" else "terminals"
+            raise ClientError("forbidden", f"Read-only: a viewer of this workspace gets no {what}")
+        fields = relay_fields(kind, msg)
+        terminals = self.app.workspaces.terminals
+        if kind == "term_detach":
+            terminals.detach(self, ws_id, str(fields.get("terminal", "")))
+            self.send_json({"type": "ok", "re": re_, "session": ws_id, "terminal": fields.get("terminal")})
+            return
+
+        def attached(f: dict[str, Any]) -> None:  # in the worker link's read loop, before later frames
+            if f.get("type") in ("term_opened", "term_attached"):
+                terminals.attach(self, ws_id, f)
+
+        on_frame = attached if kind in ("term_open", "term_attach") else None
+        r = await self.app.workspaces.request(ws_id, kind, fields, on_frame=on_frame)
+        self.send_json({**r, "re": re_, "session": ws_id} if "session" in r else {**r, "re": re_})
 
     async def manage(self, kind: str, msg: dict[str, Any]) -> None:
         user = self.user
@@ -395,11 +444,13 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
     def revoke(self, ws_id: str, reason: str) -> None:
         """The caller may no longer use ``ws_id``: leave it and say so (unsolicited ``left``)."""
         if ws_id in self.workspaces:
+            self.app.workspaces.terminals.detach_all(self, ws_id, reason)
             self._leave(ws_id)
             self.send_json({"type": "left", "session": ws_id, "reason": reason})
 
     def _leave(self, ws_id: str) -> None:
         self.workspaces.pop(ws_id, None)
+        self.app.workspaces.terminals.detach_all(self, ws_id, "left the workspace")
         self.last_presence.pop(ws_id, None)
         conns = self.app.presence.get(ws_id)
         if conns is not None:

@@ -30,6 +30,9 @@ from sagews.tls import client_context
 
 log = logging.getLogger("sagews.backend.workers")
 NON_FINAL = frozenset({"stream", "display", "result", "exception"})
+# final frames also handed to the request's on_frame, in the read loop: a terminal's attachment is in
+# place before the next frame (its first output) is read (sagews/backend/terminals.py)
+SYNC_FINAL = frozenset({"term_opened", "term_attached"})
 FrameCallback = Callable[[dict[str, Any]], None]
 
 
@@ -121,6 +124,11 @@ class WorkerLink:
                             log.exception("frame callback failed")
                     continue
                 self.pending.pop(re_, None)
+                if on_frame is not None and msg.get("type") in SYNC_FINAL:
+                    try:
+                        on_frame(msg)
+                    except Exception:
+                        log.exception("frame callback failed")
                 if not fut.done():
                     fut.set_result(msg)
         except (OSError, asyncio.IncompleteReadError, FrameError, ssl.SSLError) as exc:

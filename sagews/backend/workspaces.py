@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from sagews.backend.cache import Cache
 from sagews.backend.events import notify_in
 from sagews.backend.metrics import Metrics
+from sagews.backend.terminals import Terminals
 from sagews.backend.workers import FrameCallback, WorkerLink, WorkerPool, WorkerUnavailable
 from sagews.db import Database
 from sagews.db.models import (
@@ -46,7 +47,7 @@ from sagews.db.types import utcnow
 
 log = logging.getLogger("sagews.backend.workspaces")
 NAME_MAX = 200
-WRITE_OPS = frozenset({"write", "rename", "delete", "save", "exec", "interrupt", "restart"})
+WRITE_OPS = frozenset({"write", "rename", "delete", "save", "exec", "interrupt", "restart", "term_input"})
 
 
 class WorkspaceError(Exception):
@@ -510,6 +511,7 @@ class Workspaces:
         self.coalesced: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
         self.bus_id: str | None = None  # this backend's EventBus id (its own NOTIFYs are skipped)
         self.on_acl: Callable[[str], Awaitable[None]] | None = None
+        self.terminals = Terminals(self)  # this backend's clients attached to workspace terminals
         pool.on_down = self._worker_down
         pool.on_unsolicited = self._unsolicited
 
@@ -648,6 +650,11 @@ class Workspaces:
                     self.open.pop(ws_id, None)
         elif msg.get("type") == "shutdown":
             self._worker_down(link)
+        elif msg.get("type") in ("term_output", "term_exit"):
+            ws_id = self.terminals.by_session.get(str(msg.get("session")))
+            ow = self.open.get(ws_id) if ws_id is not None else None
+            if ow is not None and ow.link is link and ow.session == msg.get("session"):
+                self.terminals.on_worker_frame(ow.id, msg)
         elif msg.get("type") == "quota":
             for ws_id, ow in list(self.open.items()):
                 if ow.link is link and ow.session == msg.get("session"):

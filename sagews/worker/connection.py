@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from sagews import __version__
 from sagews.framing import HEADER, FrameError, decode_body, encode
 from sagews.tls import peer_common_name
+from sagews.worker import terminal as term_mod
 from sagews.worker.protocol import FRAME_BODY_TIMEOUT, MAX_IN_FLIGHT, PROTOCOL_VERSIONS, ProtocolError
-from sagews.worker.session import Execution
+from sagews.worker.session import Execution, Session
 from sagews.worker.workspace import OpError
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.drain(), 1)
             self.close()
+            for session in list(self.worker.sessions.values()):  # this client's terminals stay, detached
+                for term in session.terminals.values():
+                    term.subscribers.discard(self)
 
     async def read_request(self, max_frame: int) -> dict[str, Any] | None:
         """sagews.framing.read_frame, plus: a started frame must be complete within FRAME_BODY_TIMEOUT."""
@@ -253,3 +257,67 @@ class Connection:
         session = self.worker.session(msg.get("session"))
         res = await self.worker.restore(session, msg.get("bundles"))
         return {"type": "restored", "session": session.id, **res}
+
+    async def do_complete(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        code, cursor = msg.get("code"), msg.get("cursor")
+        if not isinstance(code, str) or len(code) > 100_000:
+            raise ProtocolError("bad_field", "code must be a string of at most 100000 characters")
+        if cursor is None:
+            cursor = len(code)
+        if not isinstance(cursor, int) or isinstance(cursor, bool) or not 0 <= cursor <= len(code):
+            raise ProtocolError("bad_field", "cursor must be an offset into code (0 to its length)")
+        engine = msg.get("engine", session.engine_name)
+        self.worker.check_engine(engine)
+        return await session.complete(self, req_id, code, cursor, str(engine))
+
+    # terminals (sagews/worker/terminal.py) ------------------------------------------------------
+    def _terminal(self, msg: dict[str, Any]) -> tuple[Session, term_mod.Terminal]:
+        session = self.worker.session(msg.get("session"))
+        tid = msg.get("terminal")
+        if not isinstance(tid, str):
+            raise ProtocolError("bad_field", "terminal must be a terminal id string")
+        term = session.terminals.get(tid)
+        if term is None or not term.alive:
+            raise ProtocolError("not_found", f"no such terminal: {tid[:80]}")
+        return session, term
+
+    async def do_term_open(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        rows, cols = term_mod.check_size(msg.get("rows", 24), msg.get("cols", 80))
+        term = await term_mod.open_terminal(session, rows, cols)
+        term.subscribers.add(self)
+        return {"type": "term_opened", "session": session.id, "user": session.account.name, **term.info()}
+
+    async def do_term_attach(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session, term = self._terminal(msg)
+        term.subscribers.add(self)
+        return {"type": "term_attached", "session": session.id, "replay": term.scroll, **term.info()}
+
+    async def do_term_detach(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session, term = self._terminal(msg)
+        term.subscribers.discard(self)
+        return {"type": "ok", "session": session.id, "terminal": term.id}
+
+    async def do_term_input(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session, term = self._terminal(msg)
+        data = msg.get("data")
+        if not isinstance(data, str) or len(data) > term_mod.MAX_INPUT:
+            raise ProtocolError("bad_field", f"data must be a string of <= {term_mod.MAX_INPUT} characters")
+        term.write(data)
+        return {"type": "ok", "session": session.id, "terminal": term.id}
+
+    async def do_term_resize(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session, term = self._terminal(msg)
+        term.resize(*term_mod.check_size(msg.get("rows"), msg.get("cols")))
+        return {"type": "ok", "session": session.id, "terminal": term.id}
+
+    async def do_term_close(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session, term = self._terminal(msg)
+        term.close()
+        return {"type": "ok", "session": session.id, "terminal": term.id}
+
+    async def do_term_list(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        return {"type": "terminals", "session": session.id,
+                "terminals": [t.info() for t in session.terminals.values() if t.alive]}  # fmt: skip

@@ -279,6 +279,29 @@ class Engine:
         self.chan.sock.sendall(self.pending + done)  # one write: result and done together
         self.pending = b""
 
+    def complete(self, msg: dict[str, Any]) -> None:
+        """Completion of the name before ``cursor`` in the cell's namespace (introspect.py), answered
+        as a ``done`` with ``matches``, ``start`` and ``end``; SIGINT (the worker's time limit) is
+        open while a user's ``__dir__``/``__getattr__`` runs."""
+        self.current = msg.get("id")
+        reply: dict[str, Any] = {"type": "done", "id": self.current, "status": "ok"}
+        if signal.SIGINT in signal.sigpending():
+            signal.sigwait({signal.SIGINT})
+        try:
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                ns = self.namespace(str(msg.get("engine", "python")))
+                code, cursor = str(msg.get("code", "")), int(msg.get("cursor", 0))
+                matches, start, end = introspect.complete(ns, code, cursor)
+                reply.update(matches=matches, start=start, end=end)
+            finally:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        except KeyboardInterrupt:
+            reply.update(status="interrupted", message="completion interrupted (time limit)")
+        except Exception as exc:  # a broken object completes nothing
+            reply.update(matches=[], start=0, end=0, note=f"{type(exc).__name__}"[:100])
+        self.chan.send(reply)
+
     def stop_runaway(self) -> None:
         """A cell that leaves the workspace at its process limit left a runaway (a fork bomb): kill
         every other process of the namespace (kill(-1) from here reaches exactly those; its init is
@@ -381,6 +404,8 @@ def child_main(ctrl_fd: int, engines: list[str]) -> None:
                     chan.send(
                         {"type": "done", "id": msg.get("id"), "status": "error", "message": repr(exc)[:500]}
                     )
+            elif msg.get("type") == "complete":
+                engine.complete(msg)
             elif msg.get("type") == "quit":
                 break
     except (EOFError, OSError, FrameError):

@@ -11,6 +11,10 @@ arguments into it, any size) and the write end of the *result* pipe (sagews/work
 ``_child`` writes its JSON answer there). The forker forks, the child reads its arguments and runs
 the helper with an alarm of ``timeout`` seconds; the forker reaps. Nothing is answered on the socket:
 EOF on the result pipe without an answer means the helper died.
+
+``{"op": "terminal", "ns": [names]}`` with the lifeline pipe's read end, the result pipe's write end,
+a pty's slave and the engine's namespace files named in ``ns`` forks a terminal's keeper
+(sagews/worker/terminal_child.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import socket
 import subprocess
 import sys
 
-from sagews.worker import workspace  # imported once here: helpers drop privileges before they run
+from sagews.worker import terminal_child, workspace  # imported once here: helpers drop privileges
 from sagews.worker.users import Account
 from sagews.worker.zygote_client import zygote_env
 
@@ -77,7 +81,7 @@ def main(argv: list[str]) -> int:
                         pass
                 continue
             try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, 4096, 2)
+                data, fds, _flags, _addr = socket.recv_fds(sock, 4096, 6)
             except ConnectionResetError:
                 data, fds = b"", []
             if not data:
@@ -87,6 +91,10 @@ def main(argv: list[str]) -> int:
                 if msg.get("op") == "run" and len(fds) == 2 and os.fork() == 0:
                     sock.close()
                     _run_child(fds[0], fds[1], int(msg.get("timeout", 120)))
+                names = [str(n) for n in msg.get("ns", [])] if isinstance(msg.get("ns"), list) else []
+                if msg.get("op") == "terminal" and len(fds) == 3 + len(names) and os.fork() == 0:
+                    sock.close()
+                    terminal_child.keeper(fds[0], fds[1], fds[2], dict(zip(names, fds[3:], strict=True)))
             except (ValueError, OSError):
                 pass  # a malformed request from our own worker: its helper reports no answer
             for fd in fds:
@@ -136,6 +144,16 @@ class Forker:
         finally:
             os.close(args_read)
             os.close(result_write)
+
+    async def terminal(self, lifeline: int, result_write: int, slave: int, ns: dict[str, int]) -> None:
+        """Ask for a terminal's keeper; every descriptor passed is closed here once sent."""
+        fds = [lifeline, result_write, slave, *ns.values()]
+        try:
+            sock = await self._ensure()
+            socket.send_fds(sock, [json.dumps({"op": "terminal", "ns": list(ns)}).encode()], fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def stop(self) -> None:
         if self.sock is not None:

@@ -25,9 +25,12 @@ from sagews.worker.zygote_client import EngineProc
 
 if TYPE_CHECKING:
     from sagews.worker.connection import Connection
+    from sagews.worker.terminal import Terminal
     from sagews.worker.worker import Worker
 
 log = logging.getLogger("sagews.worker")
+COMPLETE_SECONDS = 5.0  # a completion (a user's __dir__ or __getattr__ runs) is interrupted after this
+MAX_MATCHES = 500
 
 
 def describe_status(status: int | None) -> str:
@@ -103,6 +106,7 @@ class Session:
         self.staged_readers = 0  # ls/read in flight against the staging repository
         self.no_staged_readers = asyncio.Event()
         self.no_staged_readers.set()
+        self.terminals: dict[str, Terminal] = {}  # sagews/worker/terminal.py
 
     @property
     def limits(self) -> Any:
@@ -477,23 +481,15 @@ class Session:
             raise ProtocolError(
                 "session_dead", f"the session's engine is not running ({self.death}); restart it"
             )
-        loop = asyncio.get_running_loop()
-        ex = Execution(conn, req_id, self.id, loop.create_future())
-        self.current = self.last = ex
-        self.running.set()
-        self._resume_output()
         self.executions += 1
         for d in self.decoders.values():
             d.reset()
-        self.proc.writer.write(encode({"type": "exec", "id": req_id, "code": code, "engine": engine}))
-        ex.timers.append(loop.call_later(self.limits.walltime_seconds, self._walltime, ex))
+        frame = {"type": "exec", "id": req_id, "code": code, "engine": engine}
         try:
-            result = await ex.done
+            ex, result = await self._engine_call(
+                conn, req_id, frame, self.limits.walltime_seconds, self._walltime
+            )
         finally:
-            for t in ex.timers:
-                t.cancel()
-            self.current = None
-            self.running.clear()
             self.touch()
         status = result.get("status", "ok")
         reply: dict[str, Any] = {
@@ -517,6 +513,63 @@ class Session:
         if ex.held is not None:
             reply["_before"] = ex.held
         return reply
+
+    async def _engine_call(
+        self, conn: Connection, req_id: Any, frame: dict[str, Any], seconds: float, on_time: Any
+    ) -> tuple[Execution, dict[str, Any]]:
+        """Send ``frame`` to the engine and wait for its ``done`` (the caller holds ``self.lock``); after
+        ``seconds``, ``on_time(ex)`` runs (interrupt, then kill)."""
+        if self.proc is None:
+            raise ProtocolError("session_dead", "the session's engine is not running")
+        loop = asyncio.get_running_loop()
+        ex = Execution(conn, req_id, self.id, loop.create_future())
+        self.current = self.last = ex
+        self.running.set()
+        self._resume_output()
+        self.proc.writer.write(encode(frame))
+        ex.timers.append(loop.call_later(seconds, on_time, ex))
+        try:
+            return ex, await ex.done
+        finally:
+            for t in ex.timers:
+                t.cancel()
+            self.current = None
+            self.running.clear()
+
+    async def complete(
+        self, conn: Connection, req_id: Any, code: str, cursor: int, engine: str
+    ) -> dict[str, Any]:
+        """Names for the identifier before ``cursor``, from the engine's namespace (introspect.py).
+        Answered only while no cell runs or waits: completion never queues behind a computation."""
+        if self.lock.locked() or self.waiting:
+            raise ProtocolError("busy", "the engine is running a cell: no completion until it is done")
+        async with self.lock:
+            if self.restore_error is not None:
+                raise ProtocolError("restore_failed", self.restore_error)
+            if not self.alive or self.proc is None:
+                raise ProtocolError("session_dead", f"the session's engine is not running ({self.death})")
+            frame = {"type": "complete", "id": req_id, "code": code, "cursor": cursor, "engine": engine}
+            ex, result = await self._engine_call(
+                conn, req_id, frame, COMPLETE_SECONDS, self._complete_timeout
+            )
+        if result.get("status") != "ok":
+            raise ProtocolError("timeout" if ex.limit else "session_dead", str(result.get("message")))
+        matches = result.get("matches")
+        if not isinstance(matches, list):
+            matches = []
+        start, end = result.get("start"), result.get("end")
+        return {
+            "type": "completions",
+            "session": self.id,
+            "matches": [str(m)[:200] for m in matches[:MAX_MATCHES]],
+            "start": start if isinstance(start, int) else cursor,
+            "end": end if isinstance(end, int) else cursor,
+        }
+
+    def _complete_timeout(self, ex: Execution) -> None:
+        if self.current is ex:
+            ex.limit = "walltime"
+            self._interrupt_then_kill(ex)
 
     def _walltime(self, ex: Execution) -> None:
         if self.current is ex:
@@ -629,6 +682,8 @@ class Session:
     async def close(self) -> None:
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+        for term in list(self.terminals.values()):
+            term.close()
         if self.checkout is not None and not self.checkout.done():
             with contextlib.suppress(Exception):  # its helper runs as our uid: let it finish first
                 await asyncio.wait_for(asyncio.shield(self.checkout), 120)

@@ -473,6 +473,7 @@ class Worker:
                     "executions": s.executions,
                     "idle": round(now - s.last_activity, 3),
                     "over_quota": s.over_quota,
+                    "terminals": len(s.terminals),
                     "owner": s.owner,
                 }
                 for s in list(self.sessions.values())[:1000]

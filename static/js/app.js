@@ -223,6 +223,7 @@
     conn.on("open", () => state.ws && state.ws.onReconnect());
     conn.on("presence", (m) => state.ws && state.ws.onPresence(m));
     conn.on("file_changed", (m) => state.ws && state.ws.onFileChanged(m));
+    for (const t of ["term_output", "term_exit", "term_detached"]) conn.on(t, (m) => state.ws && state.ws.onTerminal(m));
     conn.on("error", (e) => flash("Server error: " + describe(e)));
     conn.on("unauthorized", () => showLogin());
     conn.on("quota", (m) => flash(m.message || "The workspace is over its disk quota."));

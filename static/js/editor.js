@@ -129,6 +129,7 @@
           },
           "Alt-Up": () => doc.move(this, -1),
           "Alt-Down": () => doc.move(this, 1),
+          Tab: (c) => this.complete(c),
         },
       });
       this.cm.getInputField().setAttribute("aria-label", "Cell input");
@@ -142,6 +143,30 @@
       this.showKind();
       this.editing = !this.isText || !data.input.trim();
       this.showEditing();
+    }
+
+    // Tab after a name (or `obj.`) completes it from the cell engine's namespace (the worker's `complete`):
+    // one match is inserted, several are listed (CodeMirror's show-hint); anywhere else Tab indents.
+    complete(c) {
+      const doc = this.doc;
+      const cur = c.getCursor();
+      const before = c.getLine(cur.line).slice(0, cur.ch);
+      if (doc.ctx.readOnly || !doc.ctx.complete || this.isText || c.somethingSelected() || !/[\w.]$/.test(before)) return window.CodeMirror.Pass;
+      const code = c.getValue();
+      const at = c.indexFromPos(cur);
+      const cp = (s) => Array.from(s).length; // the worker counts code points, CodeMirror UTF-16 units
+      const unit = (n) => Array.from(code).slice(0, n).join("").length;
+      const engine = doc.formatName === "ipynb" ? doc.model.engine : this.data.engine;
+      doc.ctx.complete(code, cp(code.slice(0, at)), engine).then(
+        (r) => {
+          if (c.getValue() !== code || !r.matches || !r.matches.length) return; // typed on meanwhile, or none
+          const from = c.posFromIndex(unit(r.start));
+          const to = c.posFromIndex(unit(r.end));
+          if (r.matches.length === 1) c.replaceRange(r.matches[0], from, to, "+complete");
+          else c.showHint({ hint: () => ({ list: r.matches, from, to }), completeSingle: false });
+        },
+        () => {}, // busy (a cell runs) or offline: nothing to complete now
+      );
     }
 
     get isText() {

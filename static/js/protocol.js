@@ -274,6 +274,16 @@
       leave: () => (sid ? r("leave") : Promise.resolve()),
       interrupt: () => r("interrupt"),
       restart: () => r("restart"),
+      // Tab completion: cursor and the reply's start/end are code-point offsets -> {matches, start, end}
+      complete: (code, cursor, engine) => r("complete", { code, cursor, engine }),
+      // terminals (docs/protocol-client.md "Terminals"); output arrives unsolicited (term_output, term_exit,
+      // term_detached) to the connection attached by termOpen/termAttach
+      termList: async () => (await r("term_list")).terminals || [],
+      termOpen: (rows, cols) => r("term_open", { rows, cols }), // -> {terminal, rows, cols}
+      termAttach: (terminal) => r("term_attach", { terminal }), // -> {terminal, replay}
+      termInput: (terminal, data) => r("term_input", { terminal, data }),
+      termResize: (terminal, rows, cols) => r("term_resize", { terminal, rows, cols }),
+      termClose: (terminal) => r("term_close", { terminal }),
     };
   }
 

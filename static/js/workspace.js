@@ -52,6 +52,9 @@
       this.saveEl = el("span", { id: "save-state", class: "save-state", role: "status", dataset: { state: "saved" } }, "");
       this.historyEl = el("aside", { class: "history", hidden: true, "aria-label": "History" });
       this.upload = el("input", { type: "file", class: "hidden-input", "aria-label": "Upload a file", multiple: true, onchange: () => this.doUpload() });
+      this.docMain = el("main", { class: "doc" }, this.docHead, this.docBox);
+      // the workspace's terminals (static/js/terminal.js): owners and editors only
+      this.termBtn = el("button", { class: "secondary small", id: "terminal-toggle", hidden: true, "aria-pressed": "false", onclick: () => this.showTerminal(!(this.terms && this.terms.shown)) }, "Terminal");
       const dl = (fmt, label) => el("a", { class: "button secondary", href: api.downloadUrl(this.id, fmt), download: "" }, label);
       // on narrow screens the file list is a drawer over the document, opened with this button
       this.filesBtn = el("button", { class: "secondary small files-toggle", id: "files-toggle", "aria-expanded": "false", "aria-controls": "files-nav", onclick: () => this.toggleFiles() }, "☰ Files");
@@ -71,11 +74,12 @@
           el("a", { href: "#/", class: "back" }, "← Workspaces"),
           this.nameEl,
           this.roleEl,
+          this.termBtn,
           el("span", { class: "spacer" }),
           dl("bundle", "Download .bundle"),
           dl("zip", "Download .zip"),
         ),
-        el("div", { class: "ws-main" }, this.filesNav, el("main", { class: "doc" }, this.docHead, this.docBox), this.historyEl),
+        (this.wsMain = el("div", { class: "ws-main" }, this.filesNav, this.docMain, this.historyEl)),
       );
       api.workspace(this.id).then(
         (w) => {
@@ -101,6 +105,7 @@
       this.roleEl.className = "role-badge " + this.role;
       document.body.classList.toggle("read-only", this.readOnly);
       this.onPresence({ users: info.presence });
+      this.setupTerminals();
       this.renderTreeTools();
       await this.refreshTree();
       if (this.doc) {
@@ -114,6 +119,38 @@
 
     onReconnect() {
       this.start();
+    }
+
+    // Terminals follow the role: an owner or editor gets the Terminal button and, after a reload or a
+    // reconnect, the terminals the workspace still has (reattached by id); a viewer gets none.
+    setupTerminals() {
+      this.termBtn.hidden = this.readOnly;
+      if (this.readOnly) {
+        if (this.terms) this.showTerminal(false);
+        if (this.terms) this.terms.dispose();
+        this.terms = null;
+        return;
+      }
+      if (!this.terms) {
+        this.terms = new SW.TerminalPanel({ session: this.session, workspace: this.id, flash: this.flash, describe: this.describe });
+        this.wsMain.insertBefore(this.terms.node, this.historyEl);
+        if (this.terms.wasShown()) this.showTerminal(true);
+      } else if (this.terms.shown) {
+        this.terms.sync();
+      }
+    }
+
+    showTerminal(on) {
+      if (!this.terms) return;
+      this.docMain.hidden = on;
+      this.termBtn.setAttribute("aria-pressed", String(on));
+      this.termBtn.textContent = on ? "Close terminal view" : "Terminal";
+      if (on) this.terms.show();
+      else this.terms.hide();
+    }
+
+    onTerminal(m) {
+      if (this.terms) this.terms.onFrame(m);
     }
 
     onConnState(s) {
@@ -148,6 +185,11 @@
 
     leave() {
       window.removeEventListener("pagehide", this.onPageHide);
+      if (this.terms) {
+        this.terms.hide();
+        this.terms.dispose();
+        this.terms = null;
+      }
       this.storeDraft();
       const bye = () => this.session.leave().catch(() => {}); // presence; nothing else depends on it
       if (this.dirty) this.write().then(bye);
@@ -217,6 +259,7 @@
           ? () => this.cd(path)
           : () => {
               this.toggleFiles(false);
+              this.showTerminal(false);
               location.hash = "#/w/" + encodeURIComponent(this.id) + "/" + encodeURIComponent(path);
             };
       const icon = e.type === "dir" ? "▸ " : SW.editor.isWorksheet(e.name) ? "∑ " : "";
@@ -305,6 +348,7 @@
     }
 
     async openPath(path) {
+      if (this.terms && this.terms.shown && path && path !== this.path) this.showTerminal(false); // another file chosen
       if (this.doc && this.doc.path === path) return;
       if (this.dirty) await this.write();
       this.closeDoc();
@@ -335,6 +379,7 @@
         onChange: () => this.changed(),
         onSave: () => this.saveVersion(),
         exec: (code, engine, onFrame) => this.session.exec(code, engine, onFrame),
+        complete: (code, cursor, engine) => this.session.complete(code, cursor, engine),
       };
       let Doc = SW.editor.isWorksheet(path) && !this.asText ? SW.editor.WorksheetDoc : SW.editor.TextDoc;
       this.asText = false;

@@ -163,6 +163,9 @@ def test_cgroup_switch_with_stand_in_tree(make_worker: Callable[..., WorkerProc]
         assert pid in uid_pids(pwd.getpwnam(opened_user).pw_uid)
         assert int((d / "memory.max").read_text()) == 300 << 20
         assert (d / "pids.max").read_text() == "32"
+        # a terminal's shell joins the same cgroup itself, before it runs anything (it writes "0": itself)
+        c.request("term_open", session=sid)
+        wait_for(lambda: (d / "cgroup.procs").read_text() == "0", what="the shell in the workspace's cgroup")
         c.request("close", session=sid)
 
 
@@ -227,6 +230,9 @@ def test_without_isolation_the_uid_is_killed_instead(make_worker: Callable[..., 
         while len(uid_pids(uid)) > 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(uid_pids(uid)) == 1  # the new engine only
+        # a terminal without namespaces: the workspace's uid all the same, and it ends with the session
+        c.request("term_open", session=sid)
+        wait_for(lambda: len(uid_pids(uid)) == 2, what="the terminal's shell running as the workspace's uid")
         c.request("close", session=sid)
         deadline = time.monotonic() + 10
         while uid_pids(uid) and time.monotonic() < deadline:
