@@ -358,7 +358,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
             message = msg.get("message")
             if message is not None and not isinstance(message, str):
                 raise ClientError("bad_field", "message must be a string")
-            r = await svc.save(ws_id, message)
+            r = await svc.save(ws_id, message, self.user.name if self.user is not None else None)
             self.send_json({**r, "re": re_})
             return
         fields = relay_fields(kind, msg)

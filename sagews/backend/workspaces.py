@@ -709,7 +709,7 @@ class Workspaces:
             return r
         raise WorkspaceError("worker_lost", "The workspace could not be reopened")
 
-    async def save(self, ws_id: str, message: str | None = None) -> dict[str, Any]:
+    async def save(self, ws_id: str, message: str | None = None, author: str | None = None) -> dict[str, Any]:
         """Commit on the worker, store the bundle (one transaction), reply only after COMMIT."""
         lock = self.save_locks.setdefault(ws_id, asyncio.Lock())
         async with lock, self._save_lease(ws_id):
@@ -717,6 +717,8 @@ class Workspaces:
             # refused bundle would break the worker's chain); overshoot is at most one save
             await self.db.run(db_check_save, ws_id, self.max_stored)
             fields: dict[str, Any] = {} if message is None else {"message": message}
+            if author is not None:
+                fields["author"] = author  # the history shows who saved
             r = await self.request(ws_id, "save", fields)
             if r.get("type") != "saved":
                 return r

@@ -250,7 +250,10 @@ class Connection:
 
     async def do_save(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
         session = self.worker.session(msg.get("session"))
-        res = await self.worker.save(session, msg.get("message"))
+        author = msg.get("author")
+        if author is not None and not isinstance(author, str):
+            raise ProtocolError("bad_field", "author must be a string")
+        res = await self.worker.save(session, msg.get("message"), author)
         return {"type": "saved", "session": session.id, **res}
 
     async def do_restore(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:

@@ -343,16 +343,16 @@ class Worker:
     def _mark_saved(self, workspace: str, commit: str) -> None:
         (self._bundle_dir(workspace) / "saved").write_text(commit)
 
-    async def save(self, session: Session, message: object) -> dict[str, Any]:
+    async def save(self, session: Session, message: object, author: str | None = None) -> dict[str, Any]:
         async with session.git_lock:
             await session.settled()  # a failed restore's checkout must not be saved over the workspace
-            return await self._save(session, message)
+            return await self._save(session, message, author)
 
-    async def _save(self, session: Session, message: object) -> dict[str, Any]:
+    async def _save(self, session: Session, message: object, author: str | None = None) -> dict[str, Any]:
         if session.over_quota:
             raise ProtocolError("quota", "disk quota exceeded: delete files before saving")
         last = await asyncio.to_thread(self._last_saved, session.workspace)
-        res = await session.op("save", {"message": message, "last": last})
+        res = await session.op("save", {"message": message, "last": last, "author": author})
         # the helper ran as the workspace user: check what we are going to store as root
         if not isinstance(res.get("commit"), str) or not COMMIT_ID.match(res["commit"]):
             raise ProtocolError("git", "save produced no valid commit id")

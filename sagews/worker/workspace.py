@@ -45,15 +45,17 @@ HELPER_LIMITS: dict[str, int] = {"processes": 0, "address_space": 0, "cpu": 0, "
 HELPER_NICE = 5
 COMMIT_RE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z_./~^@{}-]{0,199}$")  # a revision, never an option
 
+# Who saved, as git's author name: an account name (the backend checks names; this bounds what reaches git).
+AUTHOR_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}\Z")
 GIT_FLAGS = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false"]
 
 
-def _git_env(tmp: str) -> dict[str, str]:
+def _git_env(tmp: str, author: str = "sagews") -> dict[str, str]:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": tmp,
         "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "sagews",
+        "GIT_AUTHOR_NAME": author,
         "GIT_AUTHOR_EMAIL": "sagews@localhost",
         "GIT_COMMITTER_NAME": "sagews",
         "GIT_COMMITTER_EMAIL": "sagews@localhost",
@@ -61,10 +63,16 @@ def _git_env(tmp: str) -> dict[str, str]:
     }
 
 
-def git(*args: str, tmp: str = "/tmp", check: bool = True, timeout: float = 60) -> bytes:  # noqa: S108
-    proc = subprocess.run(
-        ["git", *GIT_FLAGS, *args], capture_output=True, env=_git_env(tmp), timeout=timeout, check=False
-    )
+def git(
+    *args: str,
+    tmp: str = "/tmp",  # noqa: S108
+    check: bool = True,
+    timeout: float = 60,
+    author: str = "sagews",
+) -> bytes:
+    env = _git_env(tmp, author)
+    argv = ["git", *GIT_FLAGS, *args]
+    proc = subprocess.run(argv, capture_output=True, env=env, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise OpError("git", f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()[:2000]}")
     return proc.stdout
@@ -248,8 +256,11 @@ def _save(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
     _clear_stale_locks()
     git("add", "-A", tmp=tmp)
     message = a.get("message") if isinstance(a.get("message"), str) and a.get("message") else "save"
+    author = a.get("author")
+    if not (isinstance(author, str) and AUTHOR_RE.match(author)):
+        author = "sagews"  # a checkpoint (worker shutdown, drain) or an older backend
     if git("status", "--porcelain", tmp=tmp).strip():
-        git("commit", "-q", "-m", str(message), tmp=tmp)
+        git("commit", "-q", "-m", str(message), tmp=tmp, author=author)
     head = git("rev-parse", "-q", "--verify", "HEAD", tmp=tmp, check=False).decode().strip()
     if not head:
         raise OpError("nothing_to_save", "the workspace has no files to save yet")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import secrets
 import zipfile
 
 import pytest
@@ -21,7 +22,8 @@ async def make_ws(u: HttpUser, name: str = "ws") -> str:
 
 @pytest.mark.parametrize("transport", ["websocket", "xhr_streaming"])
 async def test_journey(backend: Backend, transport: str) -> None:
-    u = await backend.new_user()
+    name = f"saver{secrets.token_hex(3)}"
+    u = await backend.new_user(name)
     ws = await make_ws(u, "Journey ✓")
     c = await SockClient(u, transport).connect()
     try:
@@ -43,6 +45,7 @@ async def test_journey(backend: Backend, transport: str) -> None:
         assert s2["seq"] == 1 and not s2["base"], s2
         hist = await c.request({"type": "history", "session": ws})
         assert [h["message"] for h in hist["commits"][:2]] == ["second", "first"]
+        assert [h["author"] for h in hist["commits"][:2]] == [name, name]  # who saved
         old = await c.request({"type": "read", "session": ws, "path": "a.py", "commit": s1["commit"]})
         assert old["text"] == "x = 'héllo ✓'\n"
         same = await c.request({"type": "save", "session": ws})

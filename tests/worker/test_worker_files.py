@@ -78,6 +78,19 @@ def test_save_bundles_restore_history(client: WorkerClient, session: str) -> Non
     client.request("write", session=session, path="notes.txt", text="scratch")
     assert client.request("restore", session=session)["commit"] == hist[0]["commit"]
 
+    assert {c["author"] for c in hist} == {"sagews"}  # no author given: the worker's own name
+
+    # who saved: the backend's account name; anything else git would misread is refused
+    client.request("write", session=session, path="notes.txt", text="by ada\n")
+    client.request("save", session=session, message="ada's", author="ada")
+    client.request("write", session=session, path="notes.txt", text="by mallory\n")
+    client.request("save", session=session, message="evil", author="m <x@y>\nInjected: 1")
+    authors = [c["author"] for c in client.request("history", session=session)["commits"][:2]]
+    assert authors == ["sagews", "ada"]
+    with pytest.raises(WorkerError) as ei:
+        client.request("save", session=session, author=["not", "a", "string"])
+    assert ei.value.code == "bad_field"
+
 
 def test_concurrent_saves_of_one_workspace_all_succeed(worker: WorkerProc, session: str) -> None:
     """Saves arriving at once (two backends, autosave + a click) are run one after the other: none fails
