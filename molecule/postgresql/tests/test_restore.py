@@ -167,8 +167,11 @@ def test_point_in_time_restore_brings_deleted_rows_back(history):
 
 
 def test_the_repository_is_ciphertext_without_the_passphrase():
-    manifest = sh(BACKUP, "ls -1d /var/lib/pgbackrest/backup/sagews/*F | tail -1").stdout.strip()
-    head = sh(BACKUP, f"head -c 8 {manifest}/backup.manifest").stdout
+    # the newest finished full backup (one the timers or restore.yml started may still be running: its
+    # directory has no backup.manifest until it ends)
+    finished = "ls -1 /var/lib/pgbackrest/backup/sagews/*F/backup.manifest | tail -1"
+    manifest = sh(BACKUP, finished).stdout.strip()
+    head = sh(BACKUP, f"head -c 8 {manifest}").stdout
     assert head == "Salted__", head  # OpenSSL's header: encrypted
     sh(BACKUP, "grep -v cipher-pass /etc/pgbackrest/pgbackrest.conf > /tmp/nopass.conf")
     sh(BACKUP, "chmod 644 /tmp/nopass.conf")
