@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("sagews.worker.__main__:serve_main", "run the compute worker (TLS server, as root)"),
     "worker-call": ("sagews.worker.__main__:call_main", "send one request to a worker and print the replies"),
     "db": ("sagews.db.cli:main", "database schema migrations (upgrade, current, heads)"),
-    "backup": ("sagews.backup.cli:main", "database backups: status (pgBackRest, WAL archive lag)"),
+    "backup": ("sagews.backup.cli:main", "database backups: status (pgBackRest, WAL archive lag), report"),
     "logs": ("sagews.logserver.cli:main", "tail and filter stored log records"),
     "logserver": ("sagews.logserver.server:main", "run the log server (TLS, mutual auth)"),
     "backend": ("sagews.backend.cli:backend", "run the backend (HTTPS + SockJS)"),

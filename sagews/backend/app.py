@@ -21,6 +21,7 @@ from sockjs.tornado import SockJSRouter
 
 from sagews import sdnotify
 from sagews.backend.accounts import PasswordWork, RateLimiter
+from sagews.backend.backups import BackupOutcomes
 from sagews.backend.cache import Cache, derive_secret
 from sagews.backend.config import BackendConfig, load
 from sagews.backend.events import EventBus, RemotePresence
@@ -77,6 +78,7 @@ class BackendApp(tornado.web.Application):
         secret = config.cache_secret.encode() if config.cache_secret else derive_secret(config.cookie_secret)
         self.cache = Cache(config.memcached, secret, config.cache_ttl)
         self.metrics = Metrics()
+        self.backups = BackupOutcomes(self.db)  # the backup jobs' outcomes, for /metrics
         self.pool = WorkerPool(
             self.db, config.worker_cert, config.worker_key, config.worker_ca, grace=config.heartbeat_timeout
         )

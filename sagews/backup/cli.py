@@ -81,11 +81,16 @@ def render(status: Status, now: dt.datetime, found: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["report"]:  # the timers' units: a job's outcome to the log servers
+        from sagews.backup import report
+
+        return report.main(argv[1:])
     ap = argparse.ArgumentParser(prog="sagews backup", description="database backups (pgBackRest)")
     sub = ap.add_subparsers(dest="command", required=True)
     st = sub.add_parser(
         "status", help="last full/diff backup, WAL archive lag, last check, newest restorable point"
     )
+    sub.add_parser("report", help="send a backup job's outcome to the log servers (run by the timers)")
     st.add_argument("--stanza", default="sagews")
     st.add_argument("--repo-path", default="/var/lib/pgbackrest", help="the repository (on the backup host)")
     st.add_argument("--config", help="pgBackRest's configuration file (default: its own default)")

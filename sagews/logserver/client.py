@@ -98,9 +98,11 @@ class LogServerHandler(logging.Handler):
             self.handleError(record)
             return
         pid = record.process or self._pid
+        extra = getattr(record, "sagews_extra", None)  # logging's extra={"sagews_extra": {...}}: stored
         self._queue.append(
-            (self._prefix, next(self._seq), record.created, pid, record.levelno, record.name, msg, exc)
-        )
+            (self._prefix, next(self._seq), record.created, pid, record.levelno, record.name, msg, exc,
+             extra if isinstance(extra, dict) else None)
+        )  # fmt: skip
         if not self._signalled:  # a plain attribute: cheaper than Event.is_set()
             self._signalled = True
             self._wake.set()
@@ -108,11 +110,14 @@ class LogServerHandler(logging.Handler):
     # ---- sender thread ----
 
     def _record(self, t: tuple[Any, ...]) -> dict[str, Any]:
-        prefix, seq, ts, pid, level, name, msg, exc = t
-        return {
+        prefix, seq, ts, pid, level, name, msg, exc, extra = t
+        rec = {
             "rid": f"{prefix}{seq:x}", "ts": ts, "service": self.service, "host": self.hostname, "pid": pid,
             "level": level, "logger": name[:255], "msg": msg[:MAX_TEXT], "exc": exc and exc[:MAX_TEXT],
         }  # fmt: skip
+        if extra is not None:
+            rec["extra"] = extra
+        return rec
 
     def _run(self) -> None:
         while True:

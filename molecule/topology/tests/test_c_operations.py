@@ -22,7 +22,7 @@ ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 REACHABILITY = [
     ("topo-app1", 8443, ["topo-lb1", "topo-lb2"], ["topo-app2", "topo-db1", "topo-backup"]),  # backend
     ("topo-app1", 6100, ["topo-app2"], ["topo-lb1", "topo-db1", "topo-backup"]),  # worker
-    ("topo-app1", 6200, ["topo-app2"], ["topo-lb1", "topo-lb2"]),  # log server
+    ("topo-app1", 6200, ["topo-app2", "topo-backup"], ["topo-lb1", "topo-lb2"]),  # log server
     ("topo-app1", 11211, ["topo-app2"], ["topo-lb1", "topo-db1", "topo-backup"]),  # memcached
     ("topo-db1", 5432, ["topo-app1", "topo-app2", "topo-db2"], ["topo-lb1", "topo-lb2"]),  # PostgreSQL
 ]

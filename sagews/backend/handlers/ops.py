@@ -110,7 +110,8 @@ class MetricsHandler(BaseHandler):
             "sagews_gc_frozen_objects": gc.get_freeze_count(),
         }
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=UTF-8")
-        self.finish(app.metrics.render(extra, {"sagews_gc_pause_seconds": app.gc_watch.pauses}))
+        text = app.metrics.render(extra, {"sagews_gc_pause_seconds": app.gc_watch.pauses})
+        self.finish(text + app.backups.render(await app.backups.get()))
 
 
 class PageHandler(BaseHandler):
