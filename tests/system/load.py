@@ -32,6 +32,15 @@ class Counts:
     acked: dict[str, str] = field(default_factory=dict)  # workspace/path -> text of the last acked save
     # (time of the failure, time of the next success) per outage, for recovery times
     outages: list[tuple[float, float | None]] = field(default_factory=list)
+    # the same per user: (first failure, that user's next success); None while it is still failing
+    user_outages: list[list[float | None]] = field(default_factory=list)
+
+    def recovery_after(self, t0: float) -> tuple[float, int, int]:
+        """Seconds from ``t0`` until every user that failed after it succeeded again, the number
+        of such users, and how many of them never succeeded again."""
+        hit = [o for o in self.user_outages if o[0] is not None and o[0] >= t0]
+        ends = [o[1] for o in hit if o[1] is not None]
+        return (max(ends) - t0 if ends else 0.0), len(hit), sum(1 for o in hit if o[1] is None)
 
     def fail(self, what: str) -> None:
         self.failed += 1
@@ -52,6 +61,19 @@ class LoadUser:
         self.ws = ""
         self.c: SockClient | None = None
         self.n = 0
+        self.down: list[float | None] | None = None  # this user's current outage, in counts.user_outages
+
+    def _failed(self, what: str) -> None:
+        self.counts.fail(what)
+        if self.down is None:
+            self.down = [time.monotonic(), None]
+            self.counts.user_outages.append(self.down)
+
+    def _succeeded(self) -> None:
+        self.counts.ok()
+        if self.down is not None:
+            self.down[1] = time.monotonic()
+            self.down = None
 
     async def start(self) -> None:
         self.user = await new_user(self.base, self.ca, "load")
@@ -89,19 +111,19 @@ class LoadUser:
                 if clean:
                     self.counts.resent += 1
                     continue
-                self.counts.fail(f"{msg['type']}: lost in a disconnect ({exc})")
+                self._failed(f"{msg['type']}: lost in a disconnect ({exc})")
                 return None
             except TimeoutError:
-                self.counts.fail(f"{msg['type']}: no answer in {timeout} s")
+                self._failed(f"{msg['type']}: no answer in {timeout} s")
                 await self._reconnect()
                 return None
             final = frames[-1]
             if final.get("type") == "error":
-                self.counts.fail(f"{msg['type']}: {final.get('code')}: {final.get('message')}")
+                self._failed(f"{msg['type']}: {final.get('code')}: {final.get('message')}")
                 return None
-            self.counts.ok()
+            self._succeeded()
             return final
-        self.counts.fail(f"{msg['type']}: restarted five times in a row")
+        self._failed(f"{msg['type']}: restarted five times in a row")
         return None
 
     async def step(self) -> None:
