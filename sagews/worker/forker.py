@@ -137,8 +137,8 @@ class Forker:
 
     async def fork(self, args_read: int, result_write: int, seconds: float) -> None:
         """Ask for a helper; the descriptors are the child's (closed here once sent)."""
-        sock = await self._ensure()
         try:
+            sock = await self._ensure()
             socket.send_fds(sock, [json.dumps({"op": "run", "timeout": int(seconds)}).encode()],
                             [args_read, result_write])  # fmt: skip
         finally:

@@ -33,6 +33,7 @@ import termios
 import time
 from typing import TYPE_CHECKING, Any
 
+from sagews.worker.pipes import PipeReader
 from sagews.worker.protocol import CHUNK, ProtocolError
 from sagews.worker.terminal_child import shell_path
 
@@ -185,10 +186,10 @@ class Terminal:
             set_size(self.master, rows, cols)  # the kernel sends SIGWINCH to the foreground job
 
     # lifetime ------------------------------------------------------------------------------------
-    async def _watch(self, reader: asyncio.StreamReader, transport: asyncio.BaseTransport) -> None:
+    async def _watch(self, pipe: PipeReader) -> None:
         status: int | None = None
         try:
-            line = await reader.readline()
+            line = await pipe.reader.readline()
             if line:
                 msg = json.loads(line)
                 if "error" in msg:
@@ -197,7 +198,7 @@ class Terminal:
         except (ValueError, OSError) as exc:
             log.warning("terminal %s: its keeper's answer was unreadable: %s", self.id, exc)
         finally:
-            transport.close()
+            pipe.close()
         if self.reading and self.master >= 0:  # what the shell wrote last (the pipe is at EOF now)
             with contextlib.suppress(OSError):
                 for _ in range(16):
@@ -252,7 +253,7 @@ async def open_terminal(session: Session, rows: int, cols: int) -> Terminal:
         raise ProtocolError("session_dead", f"the session's engine is not running ({session.death})")
     worker = session.worker
     owned: list[int] = []  # descriptors of ours to close if the terminal does not start
-    pipe = None
+    pipe: PipeReader | None = None
     try:
         master, slave = os.openpty()
         owned += [master, slave]
@@ -284,18 +285,14 @@ async def open_terminal(session: Session, rows: int, cols: int) -> Terminal:
             "cgroup": str(worker.cgroups.path(session.workspace)) if worker.cgroups is not None else None,
         }
         os.write(lifeline, json.dumps(args).encode() + b"\n")  # a few KiB into an empty pipe: no wait
+        pipe = PipeReader(result)  # closed with it from here on (sagews/worker/pipes.py: not a transport)
         owned.remove(result)
-        pipe = os.fdopen(result, "rb")  # closed with it (or by the transport) from here on
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
         try:
-            line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
+            line = await asyncio.wait_for(pipe.reader.readline(), START_TIMEOUT)
             answer = json.loads(line) if line else {}
         except (TimeoutError, ValueError) as exc:
             answer = {"error": f"no answer ({type(exc).__name__})"}
         if "pid" not in answer:
-            transport.close()
             why = answer.get("error", "no answer")
             raise ProtocolError("engine_failed", f"the terminal did not start: {why}")
     except BaseException:
@@ -309,7 +306,7 @@ async def open_terminal(session: Session, rows: int, cols: int) -> Terminal:
     term.pid = int(answer["pid"])
     term.lifeline = lifeline
     session.terminals[term.id] = term
-    term.watcher = asyncio.create_task(term._watch(reader, transport))
+    term.watcher = asyncio.create_task(term._watch(pipe))
     term._start_reading()
     log.info("terminal %s opened in %s as %s (shell pid %d)", term.id, session.workspace,
              session.account.name, term.pid)  # fmt: skip

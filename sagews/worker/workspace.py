@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sagews.worker import isolation
+from sagews.worker.pipes import PipeReader, write_all
 from sagews.worker.users import Account
 
 if TYPE_CHECKING:
@@ -574,21 +575,24 @@ async def run_as(
         "mounts": mounts,
         "helper_limits": HELPER_LIMITS,
     }
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 30)
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb")
-    )
-    wtransport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(awr, "wb"))
+    # both pipe ends stay ours, each closed once here (not pipe transports: sagews/worker/pipes.py)
+    result: PipeReader | None = None
     try:
-        wtransport.write(json.dumps(request).encode())
-        wtransport.close()  # the child reads to EOF
-        data = await asyncio.wait_for(reader.read(), limit_seconds + 5)  # it has an alarm itself
+        result = PipeReader(rfd, limit=1 << 30)  # owns rfd from here on
+        async with asyncio.timeout(limit_seconds + 5):  # the helper has an alarm itself
+            await write_all(awr, json.dumps(request).encode())
+            os.close(awr)  # the child reads to EOF
+            awr = -1
+            data = await result.reader.read()
     except TimeoutError:
         data = b""
     finally:
-        wtransport.close()
-        transport.close()
+        if awr >= 0:
+            os.close(awr)
+        if result is not None:
+            result.close()
+        else:
+            os.close(rfd)
     if not data:
         raise OpError("internal", f"workspace operation {op} ended without an answer (killed?)")
     result = json.loads(data)

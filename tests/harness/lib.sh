@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian packages by purpose. `make up` needs only the first list.
 APT_DEPLOY=(python3-venv git ca-certificates)
-APT_TEST=(docker.io debootstrap postgresql-15 postgresql-client-15 pgbackrest memcached nftables chromium)
+APT_TEST=(docker.io debootstrap postgresql-15 postgresql-client-15 pgbackrest memcached nftables chromium strace)
 
 apt_install() {
   local missing=()
