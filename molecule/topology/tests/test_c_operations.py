@@ -85,15 +85,9 @@ def test_rolling_upgrade_under_load_fails_no_request_and_loses_no_save(host):
         f"{counts.reconnects} reconnects, {len(counts.acked)} workspaces with acknowledged saves"
     )
     assert restarted == SERVICES, (before, after)
-    # KNOWN BUG (docs/reliability.md, open on issue 20): while a worker drains, a save can fail on the
-    # worker with EBADF in its bundle directory (3 of 6,559 requests in one run, 0 in another): a
-    # descriptor closed twice somewhere in the worker. Such a save is refused, never acknowledged, so no
-    # save is lost (checked below); every other failure still fails this test.
-    ebadf = "save: internal: OSError: [Errno 9] Bad file descriptor"
-    known = [e for e in counts.errors if e.startswith(ebadf)]
-    if known:
-        print(f"KNOWN BUG: {len(known)} saves refused with EBADF during the worker drain: {known}")
-    assert counts.failed == len(known) and len(counts.errors) == counts.failed, counts.errors
+    # (an EBADF save refusal was seen here until uvloop's double close of pipe descriptors was worked
+    # around: docs/reliability.md; no failure of any kind is tolerated)
+    assert counts.failed == 0, counts.errors
     assert counts.requests > 50
     # every acknowledged save is stored: each workspace's newest stored version is its last acknowledged one
     assert counts.acked and mismatches == [], mismatches
