@@ -174,6 +174,9 @@ class Session:
         if not msg or msg.get("type") != "ready":
             self._stop_engine()
             raise ProtocolError("engine_failed", f"engine did not start: {msg and msg.get('message')}")
+        if self.closed:  # closed while its engine started: the engine (and its descriptors) go too
+            self._stop_engine()
+            raise ProtocolError("session_dead", "the session was closed while its engine started")
         if self.worker.isolated:
             # the engine is the child of its namespace's init (proc.pid); it reported its own pid
             # (read before user code could run: trusted), the target of interrupts
