@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--exit-status", default="", help="systemd's $EXIT_STATUS")
     ap.add_argument("--stanza", default="sagews")
     ap.add_argument(
-        "--config", default="/etc/sagews/backup.toml", help="its [logging] table: the log servers"
+        "--config", default="/etc/pgbackrest/sagews-report.toml", help="its [logging] table: the log servers"
     )
     ap.add_argument("--timeout", type=float, default=20, help="seconds to wait for the acknowledgement")
     args = ap.parse_args(argv)

@@ -112,7 +112,7 @@ import logging, sys, time
 from sagews.logserver.client import LogServerHandler
 from sagews.logserver.config import load_client
 tag, n = sys.argv[1], int(sys.argv[2])
-h = LogServerHandler(load_client("/etc/sagews/backup.toml"), "drill")
+h = LogServerHandler(load_client("/etc/pgbackrest/sagews-report.toml"), "drill")
 log = logging.getLogger("sagews.drill"); log.propagate = False; log.setLevel(logging.INFO); log.addHandler(h)
 for i in range(n):
     log.info("%s %d", tag, i)
