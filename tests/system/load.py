@@ -34,6 +34,7 @@ class Counts:
     outages: list[tuple[float, float | None]] = field(default_factory=list)
     # the same per user: (first failure, that user's next success); None while it is still failing
     user_outages: list[list[float | None]] = field(default_factory=list)
+    completed: dict[str, int] = field(default_factory=dict)  # answered requests by type (write, save, exec)
 
     def recovery_after(self, t0: float) -> tuple[float, int, int]:
         """Seconds from ``t0`` until every user that failed after it succeeded again, the number
@@ -122,6 +123,7 @@ class LoadUser:
                 self._failed(f"{msg['type']}: {final.get('code')}: {final.get('message')}")
                 return None
             self._succeeded()
+            self.counts.completed[msg["type"]] = self.counts.completed.get(msg["type"], 0) + 1
             return final
         self._failed(f"{msg['type']}: restarted five times in a row")
         return None
@@ -152,12 +154,24 @@ class LoadUser:
 
 
 async def run_load(
-    base: str, ca: str, users: int, stop: asyncio.Event, counts: Counts, *, check: bool = True
+    base: str,
+    ca: str,
+    users: int,
+    stop: asyncio.Event,
+    counts: Counts,
+    *,
+    check: bool = True,
+    pause: float = 0.2,
+    started: asyncio.Event | None = None,
 ) -> list[str]:
-    """``users`` users working until ``stop`` is set. With ``check``, each then reads back its newest
-    stored version: returns the workspaces whose stored text is not their last acknowledged save."""
-    people = [LoadUser(base, ca, counts) for _ in range(users)]
+    """``users`` users working until ``stop`` is set, each pausing ``pause`` s after every step
+    (write, save, and every third step an exec); ``started`` is set once all have signed up and opened
+    their workspace. With ``check``, each then reads back its newest stored version: returns the
+    workspaces whose stored text is not their last acknowledged save."""
+    people = [LoadUser(base, ca, counts, pause) for _ in range(users)]
     await asyncio.gather(*(p.start() for p in people))
+    if started is not None:
+        started.set()
 
     async def work(p: LoadUser) -> None:
         while not stop.is_set():
