@@ -177,10 +177,12 @@ class SockClient:
         assert self.ws is not None
         while True:
             m = await self.ws.read_message()
-            if m is None:
+            if m is None:  # the connection dropped without a SockJS close frame (a killed server)
                 if self.closed is None:
                     self.closed = [0, "eof"]
                     self.inbox.put_nowait({"type": "_closed", "close": self.closed})
+                    for q in self.waiters.values():  # requests in flight end now, not at their timeout
+                        q.put_nowait({"type": "_closed", "close": self.closed})
                 self.opened.set()
                 return
             self._frame(m if isinstance(m, str) else m.decode())
