@@ -114,6 +114,11 @@ class SharedDoc:
         kept), so concurrent CRDT edits outside the changed range survive. Returns the update."""
         old = str(self.text)
         p, s = common_affixes(old, new)
+        if not old[: len(old) - s].isascii():
+            # pycrdt 0.14 encodes the position of an edit made here so that Yjs places it elsewhere when
+            # non-ASCII text precedes it (checked against yjs 13.6 in node: UTF-8 vs UTF-16 offsets):
+            # then the whole text is replaced, which both read alike (concurrent edits in it are lost)
+            p, s = 0, 0
         before = self.doc.get_state()
         with self.doc.transaction():
             if len(old) - p - s:

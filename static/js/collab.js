@@ -50,6 +50,7 @@
       this.joined = false;
       this.closed = false;
       this.marks = new Map(); // awareness client id -> [CodeMirror marks/bookmarks]
+      this.early = []; // frames that arrived while doc_open was under way
       this.makeDoc();
     }
 
@@ -95,6 +96,7 @@
     async connect(draft) {
       const { Y } = lib();
       this.joined = false;
+      this.early = [];
       const had = this.docId;
       const state = had ? b64FromBytes(Y.encodeStateVector(this.ydoc)) : undefined;
       const r = await this.session.docOpen(this.path, state, had || undefined);
@@ -108,6 +110,7 @@
       }
       this.docId = r.doc;
       Y.applyUpdate(this.ydoc, bytesFromB64(r.update), REMOTE);
+      for (const m of this.early.splice(0)) this.apply(m);
       if (!this.binding) this.bind();
       this.pending = null;
       this.unsynced = false;
@@ -170,7 +173,18 @@
     }
 
     remote(m) {
-      if (this.closed || m.doc !== this.docId) return;
+      if (this.closed) return;
+      if (!this.joined) {
+        // an update relayed before our doc_opened reply (the backend subscribes us first): kept, and
+        // applied after the snapshot (applying an update twice changes nothing)
+        this.early.push(m);
+        return;
+      }
+      this.apply(m);
+    }
+
+    apply(m) {
+      if (m.doc !== this.docId) return;
       const { Y, awarenessProtocol } = lib();
       if (m.type === "doc_update") Y.applyUpdate(this.ydoc, bytesFromB64(m.update), REMOTE);
       else if (m.type === "doc_awareness") awarenessProtocol.applyAwarenessUpdate(this.awareness, bytesFromB64(m.update), REMOTE);

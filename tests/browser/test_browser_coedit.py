@@ -44,15 +44,15 @@ def open_shared(page, url: str, state: str = "saved") -> None:
 
 def test_owner_and_editor_type_at_once_nothing_is_lost(pages, dev_server):
     owner, editor, viewer = pages("coedit"), pages("coedit"), pages("coedit")
-    signup(editor, dev_server, "edgar")
-    signup(viewer, dev_server, "vera")
-    signup(owner, dev_server, "olivia")
+    signup(editor, dev_server, "edgar17")
+    signup(viewer, dev_server, "vera17")
+    signup(owner, dev_server, "olivia17")
     new_workspace(owner, "Coedit")
     new_file(owner, "file", "notes.txt")
     expect(owner.locator(".text-editor")).to_be_visible()
     url = owner.url
-    share(owner, dev_server, "Coedit", "edgar", "editor")
-    share(owner, dev_server, "Coedit", "vera", "viewer")
+    share(owner, dev_server, "Coedit", "edgar17", "editor")
+    share(owner, dev_server, "Coedit", "vera17", "viewer")
     open_shared(owner, url)
     open_shared(editor, url)
     open_shared(viewer, url, "read-only")
@@ -101,8 +101,8 @@ def test_owner_and_editor_type_at_once_nothing_is_lost(pages, dev_server):
         assert f"<{i}>" in final
     # the editor's cursor is drawn in the owner's editor (awareness), named
     editor.keyboard.type("!")
-    expect(owner.locator(".text-editor .remote-caret", has_text="edgar")).to_be_visible()
-    expect(editor.locator(".text-editor .remote-caret", has_text="olivia")).to_be_attached()
+    expect(owner.locator(".text-editor .remote-caret", has_text="edgar17")).to_be_visible()
+    expect(editor.locator(".text-editor .remote-caret", has_text="olivia17")).to_be_attached()
     snap(owner, "01-owner")
     snap(editor, "02-editor")
 
@@ -121,7 +121,7 @@ def test_owner_and_editor_type_at_once_nothing_is_lost(pages, dev_server):
     owner.click("#history-btn")
     top = owner.locator("ul.commits li").first
     expect(top).to_contain_text("Save notes.txt")
-    expect(top.locator(".author")).to_have_text("olivia with edgar")
+    expect(top.locator(".author")).to_have_text("olivia17 with edgar17")
     top.locator("button.commit").click()
     expect(owner.locator(".preview pre")).to_have_text(final)  # the committed file: from the checkout
     snap(owner, "04-history")
@@ -129,13 +129,13 @@ def test_owner_and_editor_type_at_once_nothing_is_lost(pages, dev_server):
 
 def test_reconnect_merges_edits_of_both_sides(pages, dev_server, proxy):
     owner, editor = pages("coedit-reconnect"), pages("coedit-reconnect")
-    signup(editor, proxy.url, "rene")  # the editor's traffic goes through the proxy we cut
-    signup(owner, dev_server, "rosa")
+    signup(editor, proxy.url, "rene17")  # the editor's traffic goes through the proxy we cut
+    signup(owner, dev_server, "rosa17")
     new_workspace(owner, "Cut")
     new_file(owner, "file", "plan.txt")
     expect(owner.locator(".text-editor")).to_be_visible()
     ws_path = owner.url.split("/#", 1)[1]
-    share(owner, dev_server, "Cut", "rene", "editor")
+    share(owner, dev_server, "Cut", "rene17", "editor")
     open_shared(owner, dev_server + "/#" + ws_path)
     open_shared(editor, proxy.url + "/#" + ws_path)
     owner.locator(".text-editor").click()
