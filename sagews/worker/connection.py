@@ -242,9 +242,10 @@ class Connection:
             await session.settled()
             if kind in {"rename", "delete"}:  # an open shared document of that path ends first
                 await session.docs.moved(str(args.get("src" if kind == "rename" else "path", "")), kind)
-            res = await session.op(kind, args)
-            if kind == "write" and isinstance(args.get("text"), str):
-                self._write_into_doc(session, args["path"], args["text"])
+            if kind == "write":  # an open shared document of that path ends with the write
+                res = await session.docs.rewrite(args.get("path"), lambda: session.op(kind, args))
+            else:
+                res = await session.op(kind, args)
         if kind in {"write", "rename", "delete"}:
             session.last = session.last or Execution(
                 self, req_id, session.id, asyncio.get_running_loop().create_future()
@@ -253,19 +254,6 @@ class Connection:
         return {"type": kind, "session": session.id, **res}
 
     do_ls = do_read = do_write = do_rename = do_delete = do_history = _file_op
-
-    def _write_into_doc(self, session: Session, path: object, text: str) -> None:
-        """A plain ``write`` of a file that is open as a shared document: the change goes into the
-        document too (as the smallest edit), so its editors see it and its next flush keeps it."""
-        try:
-            doc = session.docs.docs.get(docs_mod.doc_key(path))
-        except ProtocolError:
-            return
-        if doc is None:
-            return
-        update = doc.replace(text)
-        doc.broadcast({"type": "doc_update", "session": session.id, "path": doc.path, "doc": doc.id,
-                       "update": docs_mod.b64(update)})  # fmt: skip
 
     # shared documents (sagews/worker/docs.py) --------------------------------------------------------
     async def do_doc_open(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import logging
 import posixpath
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pycrdt import Doc, Text
 
@@ -35,6 +36,7 @@ log = logging.getLogger("sagews.worker.docs")
 FLUSH_DELAY = 0.3  # s after the last update before the text is written to the checkout
 IDLE_UNLOAD = 600.0  # s a document nobody subscribes to stays in memory (reconnects merge into it)
 MAX_UPDATE = 8 << 20  # decoded bytes of one update
+T = TypeVar("T")
 
 
 def doc_key(path: object) -> str:
@@ -61,18 +63,6 @@ def decode(field: str, value: object) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def common_affixes(old: str, new: str) -> tuple[int, int]:
-    """(length of the common prefix, of the common suffix after it), in code points."""
-    n = min(len(old), len(new))
-    p = 0
-    while p < n and old[p] == new[p]:
-        p += 1
-    s = 0
-    while s < n - p and old[len(old) - 1 - s] == new[len(new) - 1 - s]:
-        s += 1
-    return p, s
 
 
 class SharedDoc:
@@ -108,25 +98,6 @@ class SharedDoc:
         self.updates += 1
         self.last_update = time.monotonic()
         self.schedule_flush()
-
-    def replace(self, new: str) -> bytes:
-        """A plain ``write`` of the whole file: applied as the smallest edit (common prefix and suffix
-        kept), so concurrent CRDT edits outside the changed range survive. Returns the update."""
-        old = str(self.text)
-        p, s = common_affixes(old, new)
-        if not old[: len(old) - s].isascii():
-            # pycrdt 0.14 encodes the position of an edit made here so that Yjs places it elsewhere when
-            # non-ASCII text precedes it (checked against yjs 13.6 in node: UTF-8 vs UTF-16 offsets):
-            # then the whole text is replaced, which both read alike (concurrent edits in it are lost)
-            p, s = 0, 0
-        before = self.doc.get_state()
-        with self.doc.transaction():
-            if len(old) - p - s:
-                del self.text[p : len(old) - s]
-            if len(new) - p - s:
-                self.text.insert(p, new[p : len(new) - s])
-        self.disk_text = new  # the write itself puts it on disk
-        return self.doc.get_update(before)
 
     # subscribers -----------------------------------------------------------------------------------
     def subscribe(self, conn: Connection) -> None:
@@ -271,6 +242,33 @@ class SessionDocs:
         if not doc.subscribers and self.docs.get(path) is doc:
             del self.docs[path]
             doc.closed = True
+
+    async def rewrite(self, path: str, write: Callable[[], Awaitable[T]]) -> T:
+        """A plain ``write`` of a file that is open as a shared document: the document stops writing,
+        the file is written, then the document ends (``doc_closed``, reason ``write``) and the next
+        ``doc_open`` loads the new text as a new instance (clients reset to it). The worker never edits
+        a document itself: pycrdt 0.14 encodes an edit made on the Python side after non-ASCII text at
+        a position Yjs reads differently (checked against yjs 13.6: tests/worker/test_worker_docs.py)."""
+        try:
+            key = doc_key(path)
+        except ProtocolError:
+            return await write()
+        doc = self.docs.get(key)
+        if doc is None:
+            return await write()
+        doc.closed = True  # no flush of the old text lands after the write
+        if doc.flush_handle is not None:
+            doc.flush_handle.cancel()
+            doc.flush_handle = None
+        if doc.flushing is not None and not doc.flushing.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(doc.flushing)
+        try:
+            return await write()
+        finally:
+            if self.docs.get(key) is doc:
+                del self.docs[key]
+            await doc.retire("write")
 
     async def moved(self, path: str, reason: str) -> None:
         """``path`` (or a directory holding open documents) was renamed or deleted."""

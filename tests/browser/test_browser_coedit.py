@@ -169,3 +169,20 @@ def test_reconnect_merges_edits_of_both_sides(pages, dev_server, proxy):
     owner.reload()
     open_shared(owner, owner.url)
     assert text_of(owner) == want
+
+    # the old whole-file `write` (here: an upload over the open file) replaces the shared document:
+    # both editors re-open it and show the new text
+    owner.locator("input[type=file]").set_input_files(
+        {"name": "plan.txt", "mimeType": "text/plain", "buffer": b"uploaded over it\n"}
+    )
+    for p in (owner, editor):
+        p.wait_for_function(
+            "() => document.querySelector('.text-editor').CodeMirror.getValue() === 'uploaded over it\\n'",
+            timeout=15000,
+        )
+    editor.locator(".text-editor").click()
+    editor.keyboard.press("Control+End")
+    editor.keyboard.type("and on")
+    owner.wait_for_function(
+        "() => document.querySelector('.text-editor').CodeMirror.getValue() === 'uploaded over it\\nand on'"
+    )

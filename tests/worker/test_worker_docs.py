@@ -7,8 +7,11 @@ updates are refused, and the save names every editor (author + Co-authored-by)."
 from __future__ import annotations
 
 import base64
+import json
+import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from pycrdt import Doc, Text
 from worker_helpers import WorkerProc, wait_for
 
 from sagews.worker.client import WorkerClient, WorkerError
+from sagews.worker.docs import SharedDoc
 
 
 def b64(data: bytes) -> str:
@@ -135,14 +139,11 @@ def test_reconnect_merges_offline_edits(worker: WorkerProc, session: str) -> Non
             wait_for(lambda: read(c2, session, "r.txt") == "offline-base-online", 5, "merged on disk")
 
 
-def test_plain_write_joins_the_open_document_and_forgeries_fail(worker: WorkerProc, session: str) -> None:
+def test_plain_write_ends_the_open_document_and_forgeries_fail(worker: WorkerProc, session: str) -> None:
     with worker.client() as c1, worker.client() as c2:
         c1.request("write", session=session, path="w.txt", text="one two three")
         a = Replica(c1, session, "w.txt")
-        a.open()
-        c2.request("write", session=session, path="w.txt", text="one 2 three")  # the old `write` request
-        a.pump()
-        assert str(a.text) == "one 2 three"
+        first = a.open()["doc"]
         for bad in ("not base64!", b64(b"\x01\x02garbage")):
             with pytest.raises(WorkerError) as ei:
                 c1.request("doc_update", session=session, path="w.txt", update=bad)
@@ -153,8 +154,19 @@ def test_plain_write_joins_the_open_document_and_forgeries_fail(worker: WorkerPr
         with pytest.raises(WorkerError) as ei:
             c1.request("doc_open", session=session, path="../etc/passwd")
         assert ei.value.code == "path_refused"
-        assert str(a.text) == "one 2 three"
-        # deleting the file ends its document: subscribers are told
+        assert str(a.text) == "one two three"
+        # the old `write` request still works on an open document: the file gets the text, the
+        # document ends (subscribers told) and the next doc_open is a new instance with that text
+        c2.request("write", session=session, path="w.txt", text="one 2 three")
+        wait_for(lambda: any(m.get("type") == "doc_closed" for m in _drain(c1)), 5, "doc_closed")
+        c1.pending.clear()
+        assert read(c2, session, "w.txt") == "one 2 three"
+        fresh = Replica(c1, session, "w.txt")
+        r = fresh.open()
+        assert r["doc"] != first and str(fresh.text) == "one 2 three"
+        a.client = c1
+        assert a.open()["reset"] is True  # the old replica is told to start again
+        # deleting the file ends its document too
         c2.request("delete", session=session, path="w.txt")
         wait_for(lambda: any(m.get("type") == "doc_closed" for m in _drain(c1)), 5, "doc_closed")
 
@@ -189,3 +201,29 @@ def test_git_log_has_the_trailer(worker: WorkerProc, session: str) -> None:
             capture_output=True, text=True, check=False,
         ).stdout  # fmt: skip
         assert "Co-authored-by: carol <carol@sagews>" in body and "Co-authored-by: dave" in body
+
+
+YJS = Path(__file__).resolve().parents[2] / "static" / "node_modules" / "yjs" / "dist" / "yjs.mjs"
+
+
+@pytest.mark.skipif(not YJS.exists() or shutil.which("node") is None, reason="needs node + static/build.sh")
+@pytest.mark.parametrize("text", ["abc-def", "é😀ab-cd", "ascii first é", "ü\nzwei\n"])
+def test_yjs_edits_the_worker_s_text(tmp_path: Path, text: str) -> None:
+    """The one edit the worker makes itself, loading the file into a document, reads alike in Yjs (the
+    browser's library): a Yjs client edits after the non-ASCII text and the worker gets the same text."""
+    doc = SharedDoc(None, "x.txt", text)  # type: ignore[arg-type]  # no session needed for the CRDT
+    (tmp_path / "u0").write_bytes(doc.diff(None))
+    script = (
+        f"import * as Y from {json.dumps(str(YJS))}; import fs from 'fs';"
+        f"const dir = {json.dumps(str(tmp_path))};"
+        "const d = new Y.Doc(); Y.applyUpdate(d, fs.readFileSync(dir + '/u0'));"
+        "const t = d.getText('text'); const sv = Y.encodeStateVector(d);"
+        "t.insert(t.length - 1, 'Y'); t.insert(t.length, '!'); t.delete(t.length - 3, 1);"
+        "fs.writeFileSync(dir + '/u1', Y.encodeStateAsUpdate(d, sv));"
+        "process.stdout.write(JSON.stringify(t.toString()));"
+    )
+    out = subprocess.run(
+        ["node", "--input-type=module", "-e", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    doc.doc.apply_update((tmp_path / "u1").read_bytes())
+    assert str(doc.text) == json.loads(out)
