@@ -12,7 +12,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 rm -rf vendor.tmp
 mkdir -p vendor.tmp/codemirror/mode vendor.tmp/codemirror/addon vendor.tmp/katex vendor.tmp/sockjs \
-  vendor.tmp/markdown-it vendor.tmp/dompurify vendor.tmp/xterm
+  vendor.tmp/markdown-it vendor.tmp/dompurify vendor.tmp/xterm vendor.tmp/yjs
 cp node_modules/sockjs-client/dist/sockjs.min.js vendor.tmp/sockjs/
 cp node_modules/codemirror/lib/codemirror.js node_modules/codemirror/lib/codemirror.css vendor.tmp/codemirror/
 # python: code cells; markdown, htmlmixed (+ the xml, javascript, css modes it nests): text cells
@@ -27,7 +27,12 @@ cp node_modules/katex/dist/katex.min.js node_modules/katex/dist/katex.min.css ve
 cp -r node_modules/katex/dist/fonts vendor.tmp/katex/
 cp node_modules/markdown-it/dist/browser/markdown-it.umd.min.js vendor.tmp/markdown-it/markdown-it.min.js
 cp node_modules/dompurify/dist/purify.min.js vendor.tmp/dompurify/
-for p in sockjs-client codemirror katex markdown-it dompurify @xterm/xterm @xterm/addon-fit; do
+# shared text documents (static/js/collab.js): Yjs + y-codemirror + y-protocols' awareness are ES modules,
+# bundled by esbuild (from npm, pinned in the lock; no network) into one classic script
+node_modules/.bin/esbuild src/collab-entry.js --bundle --minify --format=iife --target=es2019 \
+  --alias:codemirror=./src/codemirror-global.js --log-level=warning --outfile=vendor.tmp/yjs/collab.js
+for p in sockjs-client codemirror katex markdown-it dompurify @xterm/xterm @xterm/addon-fit yjs y-codemirror \
+  y-protocols lib0 esbuild; do
   node -e "const p=require('./node_modules/$p/package.json'); console.log(p.name+' '+p.version+' '+p.license)"
 done > vendor.tmp/VERSIONS
 rm -rf vendor && mv vendor.tmp vendor

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import posixpath
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -33,7 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sagews.backend.live")
 PROTOCOL_VERSIONS = (1,)
 READ_OPS = frozenset({"ls", "read", "history"})
-WRITE_OPS = frozenset({"write", "rename", "delete", "exec", "interrupt", "restart"})
+WRITE_OPS = frozenset(
+    {"write", "rename", "delete", "exec", "interrupt", "restart", "doc_update", "doc_awareness"}
+)
 # fields relayed to the worker per request type (anything else is dropped, never forwarded)
 RELAY_FIELDS: dict[str, tuple[str, ...]] = {
     "ls": ("path",),
@@ -54,14 +58,20 @@ RELAY_FIELDS: dict[str, tuple[str, ...]] = {
     "term_close": ("terminal",),
     "term_list": (),
     "complete": ("code", "cursor", "engine"),
+    # shared text documents (sagews/backend/docs.py, docs/protocol-client.md "Shared documents")
+    "doc_open": ("path", "state", "doc"),
+    "doc_update": ("path", "update"),
+    "doc_awareness": ("path", "update"),
+    "doc_close": ("path",),
 }
 TERMINAL_OPS = frozenset({k for k in RELAY_FIELDS if k.startswith("term_")} | {"complete"})
+DOC_OPS = frozenset(k for k in RELAY_FIELDS if k.startswith("doc_"))
 MAX_ID = 2**53
 # the type of each relayed field (anything else: bad_field before it reaches a worker)
 FIELD_TYPES: dict[str, type] = {
     "path": str, "commit": str, "text": str, "b64": str, "src": str, "dst": str,
     "code": str, "engine": str, "limit": int, "terminal": str, "data": str, "rows": int, "cols": int,
-    "cursor": int,
+    "cursor": int, "state": str, "doc": str, "update": str,
 }  # fmt: skip
 FIELD_MAX = {
     "path": 4096,
@@ -71,11 +81,13 @@ FIELD_MAX = {
     "engine": 32,
     "terminal": 64,
     "data": 65536,
+    "doc": 64,
 }
 INT_MIN = {"cursor": 0}  # integers are 1-100000 unless said here
 # requests that skip the per-connection queue: an interrupt must overtake what it interrupts
 # (keystrokes and resizes: not queued behind other requests, so they reach the worker in order)
-UNQUEUED = frozenset({"interrupt", "hello", "term_input", "term_resize"})
+# (document updates too: a CRDT merges them in any order, and typing must not wait behind a cell)
+UNQUEUED = frozenset({"interrupt", "hello", "term_input", "term_resize", "doc_update", "doc_awareness"})
 # workspace management over SockJS (same rules as the REST calls): type -> roles allowed
 MANAGE_OPS: dict[str, tuple[str, ...]] = {
     "members": ("owner", "editor", "viewer"),
@@ -124,6 +136,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
 
     def on_open(self, info: Any) -> None:
         self.user: User | None = None
+        self.cid = secrets.token_hex(8)  # this connection's id as the origin of its document updates
         self.said_hello = False
         self.workspaces: dict[str, str] = {}  # workspace id -> role at open
         self.last_presence: dict[str, list[str]] = {}  # workspace id -> names last sent here
@@ -175,6 +188,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         for ws_id in list(self.workspaces):
             self._leave(ws_id)
         self.app.workspaces.terminals.detach_all(self)
+        self.app.workspaces.docs.detach_all(self)
         # requests in flight run to completion (an exec keeps its workspace 'computing' until the
         # worker says done; its output is dropped): cancelling would lose track of running code
 
@@ -354,6 +368,9 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         if kind in TERMINAL_OPS:
             await self.terminal_op(kind, ws_id, role, msg)
             return
+        if kind in DOC_OPS:
+            await self.doc_op(kind, ws_id, msg)
+            return
         if kind == "save":
             message = msg.get("message")
             if message is not None and not isinstance(message, str):
@@ -404,6 +421,40 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
         r = await self.app.workspaces.request(ws_id, kind, fields, on_frame=on_frame)
         self.send_json({**r, "re": re_, "session": ws_id} if "session" in r else {**r, "re": re_})
 
+    async def doc_op(self, kind: str, ws_id: str, msg: dict[str, Any]) -> None:
+        """Shared text documents (docs/protocol-client.md "Shared documents"): any member follows one
+        (``doc_open``: the snapshot, then every update); updates and cursors come from owners and
+        editors only (checked above, like ``write``); the worker applies them and the author is the
+        caller's account, never a field of the message."""
+        re_ = msg["id"]
+        fields = relay_fields(kind, msg)
+        path = fields.get("path")
+        if not isinstance(path, str) or not path:
+            raise ClientError("bad_field", "path is required")
+        fields["path"] = path = posixpath.normpath(path)
+        docs = self.app.workspaces.docs
+        if kind == "doc_close":
+            docs.detach(self, ws_id, path)
+            self.send_json({"type": "ok", "re": re_, "session": ws_id, "path": path})
+            return
+        on_frame = None
+        if kind == "doc_open":
+
+            def on_frame(f: dict[str, Any]) -> None:  # in the link's read loop, before later frames
+                docs.attach(self, ws_id, f)
+
+        else:
+            if not docs.is_attached(self, ws_id, path):
+                raise ClientError("not_open", "doc_open the document first")
+            fields["origin"] = self.cid
+            if kind == "doc_update" and self.user is not None:
+                fields["author"] = self.user.name  # recorded for the save's Co-authored-by trailers
+        r = await self.app.workspaces.request(ws_id, kind, fields, on_frame=on_frame)
+        out = {**r, "re": re_}
+        if "session" in out:
+            out["session"] = ws_id
+        self.send_json(out)  # no file_changed per update: the other editors get the update itself
+
     async def manage(self, kind: str, msg: dict[str, Any]) -> None:
         user = self.user
         if user is None:
@@ -451,6 +502,7 @@ class LiveConnection(SockJSConnection):  # type: ignore[misc]
     def _leave(self, ws_id: str) -> None:
         self.workspaces.pop(ws_id, None)
         self.app.workspaces.terminals.detach_all(self, ws_id, "left the workspace")
+        self.app.workspaces.docs.detach_all(self, ws_id)
         self.last_presence.pop(ws_id, None)
         conns = self.app.presence.get(ws_id)
         if conns is not None:

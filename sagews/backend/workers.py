@@ -31,8 +31,9 @@ from sagews.tls import client_context
 log = logging.getLogger("sagews.backend.workers")
 NON_FINAL = frozenset({"stream", "display", "result", "exception"})
 # final frames also handed to the request's on_frame, in the read loop: a terminal's attachment is in
-# place before the next frame (its first output) is read (sagews/backend/terminals.py)
-SYNC_FINAL = frozenset({"term_opened", "term_attached"})
+# place before the next frame (its first output) is read (sagews/backend/terminals.py); a shared
+# document's subscription before its next update (sagews/backend/docs.py)
+SYNC_FINAL = frozenset({"term_opened", "term_attached", "doc_opened"})
 FrameCallback = Callable[[dict[str, Any]], None]
 
 

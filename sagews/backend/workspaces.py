@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sagews.backend.cache import Cache
+from sagews.backend.docs import SharedDocs
 from sagews.backend.events import notify_in
 from sagews.backend.metrics import Metrics
 from sagews.backend.terminals import Terminals
@@ -47,7 +48,9 @@ from sagews.db.types import utcnow
 
 log = logging.getLogger("sagews.backend.workspaces")
 NAME_MAX = 200
-WRITE_OPS = frozenset({"write", "rename", "delete", "save", "exec", "interrupt", "restart", "term_input"})
+WRITE_OPS = frozenset(
+    {"write", "rename", "delete", "save", "exec", "interrupt", "restart", "term_input", "doc_update"}
+)
 
 
 class WorkspaceError(Exception):
@@ -512,6 +515,7 @@ class Workspaces:
         self.bus_id: str | None = None  # this backend's EventBus id (its own NOTIFYs are skipped)
         self.on_acl: Callable[[str], Awaitable[None]] | None = None
         self.terminals = Terminals(self)  # this backend's clients attached to workspace terminals
+        self.docs = SharedDocs(self)  # this backend's clients following shared text documents
         pool.on_down = self._worker_down
         pool.on_unsolicited = self._unsolicited
 
@@ -640,6 +644,7 @@ class Workspaces:
         for ws_id, ow in list(self.open.items()):
             if ow.link is link:
                 self.open.pop(ws_id, None)
+                self.docs.forget_workspace(ws_id)
                 if self.on_closed is not None:
                     self.on_closed(ws_id, "worker down")
 
@@ -648,6 +653,12 @@ class Workspaces:
             for ws_id, ow in list(self.open.items()):
                 if ow.link is link and ow.session == msg.get("session"):
                     self.open.pop(ws_id, None)
+                    self.docs.forget_workspace(ws_id)
+        elif msg.get("type") in ("doc_update", "doc_awareness", "doc_closed"):
+            ws_id = self.docs.by_session.get(str(msg.get("session")))
+            ow = self.open.get(ws_id) if ws_id is not None else None
+            if ow is not None and ow.link is link and ow.session == msg.get("session"):
+                self.docs.on_worker_frame(ow.id, msg)
         elif msg.get("type") == "shutdown":
             self._worker_down(link)
         elif msg.get("type") in ("term_output", "term_exit"):

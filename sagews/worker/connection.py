@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sagews import __version__
 from sagews.framing import HEADER, FrameError, decode_body, encode
 from sagews.tls import peer_common_name
+from sagews.worker import docs as docs_mod
 from sagews.worker import terminal as term_mod
 from sagews.worker.protocol import FRAME_BODY_TIMEOUT, MAX_IN_FLIGHT, PROTOCOL_VERSIONS, ProtocolError
 from sagews.worker.session import Execution, Session
@@ -84,6 +85,7 @@ class Connection:
             for session in list(self.worker.sessions.values()):  # this client's terminals stay, detached
                 for term in session.terminals.values():
                     term.subscribers.discard(self)
+                session.docs.drop_connection(self)
 
     async def read_request(self, max_frame: int) -> dict[str, Any] | None:
         """sagews.framing.read_frame, plus: a started frame must be complete within FRAME_BODY_TIMEOUT."""
@@ -238,7 +240,12 @@ class Connection:
                     session.no_staged_readers.set()
         else:
             await session.settled()
-            res = await session.op(kind, args)
+            if kind in {"rename", "delete"}:  # an open shared document of that path ends first
+                await session.docs.moved(str(args.get("src" if kind == "rename" else "path", "")), kind)
+            if kind == "write":  # an open shared document of that path ends with the write
+                res = await session.docs.rewrite(args.get("path"), lambda: session.op(kind, args))
+            else:
+                res = await session.op(kind, args)
         if kind in {"write", "rename", "delete"}:
             session.last = session.last or Execution(
                 self, req_id, session.id, asyncio.get_running_loop().create_future()
@@ -247,6 +254,64 @@ class Connection:
         return {"type": kind, "session": session.id, **res}
 
     do_ls = do_read = do_write = do_rename = do_delete = do_history = _file_op
+
+    # shared documents (sagews/worker/docs.py) --------------------------------------------------------
+    async def do_doc_open(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        path = docs_mod.doc_key(msg.get("path"))
+        client_doc = msg.get("doc")
+        state = msg.get("state")
+        sv = docs_mod.decode("state", state) if state is not None else None
+        doc = await session.docs.get(path)
+        same = isinstance(client_doc, str) and client_doc == doc.id
+        # subscribed and the snapshot taken in one step: nothing broadcast afterwards is missed
+        doc.subscribe(self)
+        return {
+            "type": "doc_opened",
+            "session": session.id,
+            "path": path,
+            "doc": doc.id,
+            "update": docs_mod.b64(doc.diff(sv if same else None)),
+            "state": docs_mod.b64(doc.state()),
+            "reset": client_doc is not None and not same,
+        }
+
+    async def do_doc_update(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        doc = session.docs.loaded(docs_mod.doc_key(msg.get("path")))
+        if session.over_quota:
+            raise ProtocolError("quota", "disk quota exceeded: delete files first")
+        raw = msg.get("update")
+        update = docs_mod.decode("update", raw)
+        doc.apply(update)
+        session.docs.edited_by(msg.get("author"))
+        frame = {"type": "doc_update", "session": session.id, "path": doc.path, "doc": doc.id, "update": raw}
+        origin = msg.get("origin")
+        if isinstance(origin, str) and len(origin) <= 128:
+            frame["origin"] = origin
+        doc.broadcast(frame)
+        return {"type": "ok", "session": session.id, "path": doc.path, "doc": doc.id}
+
+    async def do_doc_awareness(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        doc = session.docs.loaded(docs_mod.doc_key(msg.get("path")))
+        raw = msg.get("update")
+        docs_mod.decode("update", raw)
+        frame = {"type": "doc_awareness", "session": session.id, "path": doc.path, "doc": doc.id,
+                 "update": raw}  # fmt: skip
+        origin = msg.get("origin")
+        if isinstance(origin, str) and len(origin) <= 128:
+            frame["origin"] = origin
+        doc.broadcast(frame)
+        return {"type": "ok", "session": session.id, "path": doc.path}
+
+    async def do_doc_close(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self.worker.session(msg.get("session"))
+        path = docs_mod.doc_key(msg.get("path"))
+        doc = session.docs.docs.get(path)
+        if doc is not None:
+            doc.unsubscribe(self)
+        return {"type": "ok", "session": session.id, "path": path}
 
     async def do_save(self, req_id: Any, msg: dict[str, Any]) -> dict[str, Any]:
         session = self.worker.session(msg.get("session"))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sagews.framing import HEADER, FrameError, decode_body, encode, read_frame
+from sagews.worker.docs import SessionDocs
 from sagews.worker.isolation import private_mounts
 from sagews.worker.limiter import QueueFull
 from sagews.worker.protocol import CHUNK, MAX_QUEUED, ProtocolError
@@ -107,6 +108,7 @@ class Session:
         self.no_staged_readers = asyncio.Event()
         self.no_staged_readers.set()
         self.terminals: dict[str, Terminal] = {}  # sagews/worker/terminal.py
+        self.docs = SessionDocs(self)  # shared text documents (sagews/worker/docs.py)
 
     @property
     def limits(self) -> Any:
@@ -687,6 +689,7 @@ class Session:
             self.idle_handle.cancel()
         for term in list(self.terminals.values()):
             term.close()
+        await self.docs.close()  # the last text of each shared document reaches the checkout
         if self.checkout is not None and not self.checkout.done():
             with contextlib.suppress(Exception):  # its helper runs as our uid: let it finish first
                 await asyncio.wait_for(asyncio.shield(self.checkout), 120)

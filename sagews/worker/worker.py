@@ -24,7 +24,7 @@ from sagews.worker.protocol import CHUNK, COMMIT_ID, MAX_QUEUED_OPS, PROTOCOL_VE
 from sagews.worker.session import Session
 from sagews.worker.users import WORKSPACE_ID, PoolExhausted, UserPool
 from sagews.worker.volumes import VolumeError, Volumes
-from sagews.worker.workspace import HELPER_LIMITS, prepare_dir, private_tmp
+from sagews.worker.workspace import AUTHOR_RE, HELPER_LIMITS, prepare_dir, private_tmp
 from sagews.worker.zygote_client import EngineProc, Zygote
 
 log = logging.getLogger("sagews.worker")
@@ -346,13 +346,27 @@ class Worker:
     async def save(self, session: Session, message: object, author: str | None = None) -> dict[str, Any]:
         async with session.git_lock:
             await session.settled()  # a failed restore's checkout must not be saved over the workspace
-            return await self._save(session, message, author)
+            await session.docs.flush_all()  # the shared documents' text is what gets committed
+            editors = list(session.docs.editors)
+            res = await self._save(session, message, author, editors)
+            session.docs.editors = {e: None for e in session.docs.editors if e not in editors}
+            return res
 
-    async def _save(self, session: Session, message: object, author: str | None = None) -> dict[str, Any]:
+    async def _save(
+        self, session: Session, message: object, author: str | None = None, editors: list[str] | None = None
+    ) -> dict[str, Any]:
         if session.over_quota:
             raise ProtocolError("quota", "disk quota exceeded: delete files before saving")
         last = await asyncio.to_thread(self._last_saved, session.workspace)
-        res = await session.op("save", {"message": message, "last": last, "author": author})
+        # who edited the shared documents since the last save: the saver is the author (an autosave
+        # or checkpoint: the first of them), the others get Co-authored-by trailers
+        editors = editors or []
+        if not isinstance(author, str) or not AUTHOR_RE.match(author):
+            author = editors[0] if editors else author
+        coauthors = [e for e in editors if e != author]
+        res = await session.op(
+            "save", {"message": message, "last": last, "author": author, "coauthors": coauthors}
+        )
         # the helper ran as the workspace user: check what we are going to store as root
         if not isinstance(res.get("commit"), str) or not COMMIT_ID.match(res["commit"]):
             raise ProtocolError("git", "save produced no valid commit id")

@@ -260,6 +260,9 @@ def _save(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
     author = a.get("author")
     if not (isinstance(author, str) and AUTHOR_RE.match(author)):
         author = "sagews"  # a checkpoint (worker shutdown, drain) or an older backend
+    coauthors = [c for c in a.get("coauthors") or [] if isinstance(c, str) and AUTHOR_RE.match(c)]
+    if coauthors and author != "sagews":  # git's trailer convention (GitHub and GitLab show them)
+        message = str(message) + "\n\n" + "\n".join(f"Co-authored-by: {c} <{c}@sagews>" for c in coauthors)
     if git("status", "--porcelain", tmp=tmp).strip():
         git("commit", "-q", "-m", str(message), tmp=tmp, author=author)
     head = git("rev-parse", "-q", "--verify", "HEAD", tmp=tmp, check=False).decode().strip()
@@ -438,11 +441,19 @@ def _history(root: str, a: dict[str, Any], tmp: str) -> dict[str, Any]:
         raise OpError("bad_field", "limit must be a positive integer")
     if not os.path.isdir(".git") or not git("rev-parse", "-q", "--verify", "HEAD", tmp=tmp, check=False):
         return {"commits": []}
-    out = git("log", f"-n{min(limit, 10_000)}", "--format=%H%x1f%an%x1f%aI%x1f%s", tmp=tmp).decode()
+    fmt = "--format=%H%x1f%an%x1f%aI%x1f%s%x1f%(trailers:key=Co-authored-by,valueonly,separator=%x1d)%x1e"
+    out = git("log", f"-n{min(limit, 10_000)}", fmt, tmp=tmp).decode()
     commits = []
-    for line in out.splitlines():
-        h, author, date, subject = line.split("\x1f", 3)
-        commits.append({"commit": h, "author": author, "date": date, "message": subject})
+    for record in out.split("\x1e"):
+        line = record.strip("\n")
+        if not line:
+            continue
+        h, author, date, subject, trailers = line.split("\x1f", 4)
+        c: dict[str, Any] = {"commit": h, "author": author, "date": date, "message": subject}
+        names = [t.split(" <", 1)[0].strip() for t in trailers.split("\x1d") if t.strip()]
+        if names:
+            c["coauthors"] = names  # Co-authored-by trailers: the others who edited in this save
+        commits.append(c)
     return {"commits": commits}
 
 

@@ -224,6 +224,7 @@
     conn.on("presence", (m) => state.ws && state.ws.onPresence(m));
     conn.on("file_changed", (m) => state.ws && state.ws.onFileChanged(m));
     for (const t of ["term_output", "term_exit", "term_detached"]) conn.on(t, (m) => state.ws && state.ws.onTerminal(m));
+    for (const t of ["doc_update", "doc_awareness", "doc_closed"]) conn.on(t, (m) => state.ws && state.ws.onDocFrame(m));
     conn.on("error", (e) => flash("Server error: " + describe(e)));
     conn.on("unauthorized", () => showLogin());
     conn.on("quota", (m) => flash(m.message || "The workspace is over its disk quota."));

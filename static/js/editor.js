@@ -30,8 +30,10 @@
       });
       this.cm.getWrapperElement().classList.add("text-editor");
       this.cm.getInputField().setAttribute("aria-label", "Contents of " + path);
+      // a shared document (js/collab.js): the Yjs binding owns the text; its state is the save state
+      this.collab = ctx.shared ? ctx.shared(this.cm) : null;
       this.cm.on("change", (_c, ch) => {
-        if (ch.origin !== "setValue") ctx.onChange();
+        if (ch.origin !== "setValue" && !this.collab) ctx.onChange();
       });
       setTimeout(() => this.cm.refresh(), 0);
     }
@@ -39,7 +41,11 @@
       return this.cm.getValue();
     }
     setText(t) {
-      this.cm.setValue(t);
+      if (this.collab) this.collab.setText(t);
+      else this.cm.setValue(t);
+    }
+    close() {
+      if (this.collab) this.collab.close();
     }
     focus() {
       this.cm.focus();

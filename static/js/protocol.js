@@ -284,6 +284,13 @@
       termInput: (terminal, data) => r("term_input", { terminal, data }),
       termResize: (terminal, rows, cols) => r("term_resize", { terminal, rows, cols }),
       termClose: (terminal) => r("term_close", { terminal }),
+      // shared text documents (docs/protocol-client.md "Shared documents", js/collab.js): Yjs updates and
+      // state vectors as base64; other people's updates arrive unsolicited (doc_update, doc_awareness,
+      // doc_closed) to a connection that sent doc_open
+      docOpen: (path, state, doc) => r("doc_open", Object.assign({ path }, state ? { state } : {}, doc ? { doc } : {})), // -> {doc, update, state, reset}
+      docUpdate: (path, update) => r("doc_update", { path, update }),
+      docAwareness: (path, update) => r("doc_awareness", { path, update }),
+      docClose: (path) => (sid ? r("doc_close", { path }) : Promise.resolve()),
     };
   }
 

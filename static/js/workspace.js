@@ -108,7 +108,12 @@
       this.setupTerminals();
       this.renderTreeTools();
       await this.refreshTree();
-      if (this.doc) {
+      if (this.doc && this.doc.collab) {
+        // reconnect: a shared document merges by state vectors (edits on both sides survive)
+        this.doc.collab.readOnly = this.readOnly;
+        this.doc.cm.setOption("readOnly", this.readOnly);
+        await this.connectShared(this.doc);
+      } else if (this.doc) {
         // reconnect: the open document stays as it is in memory; push unsaved edits
         if (this.dirty) this.write();
         this.doc.ctx.readOnly = this.readOnly;
@@ -153,6 +158,37 @@
       if (this.terms) this.terms.onFrame(m);
     }
 
+    // ---- shared text documents (js/collab.js): unsolicited doc_update / doc_awareness / doc_closed
+    onDocFrame(m) {
+      const doc = this.doc;
+      if (!doc || !doc.collab || m.session !== this.id || m.path !== doc.path) return;
+      if (m.type !== "doc_closed") return doc.collab.remote(m);
+      if (m.reason === "delete" || m.reason === "rename") return; // the tree action says what happened
+      this.connectShared(doc); // the worker's session ended: join its new copy (merged by text)
+    }
+
+    async connectShared(doc, draft) {
+      try {
+        await doc.collab.connect(draft);
+      } catch (e) {
+        if (e.code !== "offline" && e.code !== "disconnected") this.flash("Could not open " + doc.path + " for editing together: " + this.describe(e));
+      }
+      this.sharedState(doc);
+    }
+
+    sharedState(doc) {
+      if (this.doc !== doc || !doc.collab) return;
+      const was = this.dirty;
+      this.dirty = doc.collab.dirty && !this.readOnly;
+      if (this.dirty) this.saveDraft();
+      else if (was) {
+        this.saveDraft.cancel();
+        localStorage.removeItem(draftKey(this.id, doc.path));
+        this.updateSize(doc.path, new TextEncoder().encode(doc.getText()).length); // what the worker writes
+      }
+      this.showSaveState();
+    }
+
     onConnState(s) {
       this.connEl.textContent = { connecting: "connecting…", open: "connected", reconnecting: "reconnecting…", closed: "disconnected" }[s];
       this.connEl.className = "conn " + s;
@@ -170,7 +206,7 @@
     async onFileChanged(m) {
       if (m.workspace && m.workspace !== this.id) return;
       this.refreshTree();
-      if (!this.doc || this.doc.path !== m.path || this.saving) return;
+      if (!this.doc || this.doc.path !== m.path || this.saving || this.doc.collab) return; // shared: updates arrive as such
       if (this.dirty) {
         this.flash(m.path + " was changed by " + (m.by || "someone else") + "; saving here will overwrite it.");
         return;
@@ -341,6 +377,7 @@
     closeDoc() {
       this.storeDraft(); // unsaved edits that could not be written are kept for the next open
       this.autosave.cancel();
+      if (this.doc && this.doc.close) this.doc.close();
       this.doc = null;
       this.dirty = false;
       clear(this.docHead);
@@ -395,12 +432,30 @@
       this.renderDocHead(path, Doc === SW.editor.WorksheetDoc);
       this.showPublished(path);
       if (problem) this.docBox.append(el("p", { class: "doc-problem", role: "alert" }, problem.message + " It is opened as text."));
-      this.doc = new Doc(this.docBox, path, text, ctx);
+      // worksheets and notebooks (also one opened as text) keep whole-text writes: their nbformat check
+      // answers a write, and cells as shared documents are not done yet (docs/protocol-client.md)
+      const shared = Doc === SW.editor.TextDoc && !SW.editor.isWorksheet(path);
+      if (shared) {
+        // a text file is a shared document while open: every editor's keystrokes merge (js/collab.js)
+        ctx.shared = (cmInst) =>
+          new SW.collab.SharedText({
+            session: this.session,
+            path,
+            cm: cmInst,
+            user: (this.user && this.user.name) || "?",
+            readOnly: this.readOnly,
+            onState: () => this.sharedState(this.doc),
+            onError: (e) => this.flash("Could not send your edit of " + path + ": " + this.describe(e)),
+          });
+      }
+      this.doc = new Doc(this.docBox, path, shared ? "" : text, ctx);
       this.serverText = r.text;
       this.dirty = false;
+      if (shared) await this.connectShared(this.doc, restoredDraft ? text : undefined);
+      if (this.doc && this.doc.path !== path) return; // another file was opened meanwhile
       if (restoredDraft) {
         this.flash("Restored your unsaved edits to " + path + " from this browser.", "info");
-        this.changed();
+        if (!shared) this.changed(); // a shared document merged the draft in connectShared
       }
       this.showSaveState();
       for (const li of this.treeEl.querySelectorAll("li.entry")) li.classList.toggle("current", li.dataset.path === path);
@@ -426,6 +481,7 @@
 
     changed() {
       if (this.readOnly || !this.doc) return;
+      if (this.doc.collab) return this.sharedState(this.doc);
       this.dirty = true;
       this.saveDraft();
       this.showSaveState();
@@ -457,6 +513,7 @@
 
     // Write the open document to the workspace (autosave). Returns true when the server has it.
     async write() {
+      if (this.doc && this.doc.collab) return this.readOnly || this.doc.collab.settle(); // the worker writes the file
       if (!this.doc || this.readOnly || !this.dirty) return true;
       if (this.saving) return this.writing;
       this.autosave.cancel();
@@ -523,7 +580,7 @@
             "li",
             { dataset: { commit: c.commit } },
             el("button", { class: "link commit", onclick: () => this.preview(c) }, c.message || "(no message)"),
-            el("div", { class: "meta" }, el("span", { class: "author" }, c.author || "?"), " · ", fmtTime(c.date), " · ", String(c.commit).slice(0, 8)),
+            el("div", { class: "meta" }, el("span", { class: "author" }, (c.author || "?") + (c.coauthors && c.coauthors.length ? " with " + c.coauthors.join(", ") : "")), " · ", fmtTime(c.date), " · ", String(c.commit).slice(0, 8)),
           ),
         );
       }

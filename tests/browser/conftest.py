@@ -136,7 +136,12 @@ def dev_server(vendor_built):
     cmd = dev_command(help_text, port, data, workspaces)
     log_path = shot_dir() / "sagews-dev.log"
     log = open(log_path, "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    # this checkout's code, also when the venv's editable install points at another worktree
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
