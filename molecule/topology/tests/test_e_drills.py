@@ -67,7 +67,7 @@ async def under_load(action: Callable[[Counts], dict[str, Any]], settle: float =
         recovery_seconds=round(recovery, 2), users=USERS, user_outages=hit, users_never_recovered=stuck,
         requests=counts.requests, failed=counts.failed - before, failed_before_the_kill=before,
         resent=counts.resent, saves_acknowledged=len(counts.acked),
-        acknowledged_saves_missing=len(mismatches),
+        acknowledged_saves_missing=len(mismatches), stored_but_unacknowledged=counts.stored_unacknowledged,
         errors=sorted(set(e.split(" (")[0] for e in counts.errors))[:10],
     )  # fmt: skip
     return facts
