@@ -119,3 +119,16 @@ def update_summary(rows: list[list[str]], doc: Path = BENCHMARKS_MD) -> None:
     )
     title, _, rest = text.partition("\n")
     doc.write_text(title + "\n\n" + section + rest.lstrip("\n"))
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Return once 127.0.0.1:port accepts connections; fails if ``proc`` exits first or after 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)

@@ -56,6 +56,7 @@ from bench._common import (  # noqa: E402
     start_backend,
     start_memcached,
     stop_process,
+    wait_port,
 )
 from sagews.db import migrate  # noqa: E402
 from sagews.devpki import DevCA  # noqa: E402
@@ -204,20 +205,6 @@ def haproxy_config(tmp: Path, pem: Path, front: int, backs: list[int]) -> Path:
     cfg = tmp / "haproxy.cfg"
     cfg.write_text("\n".join(lines) + "\n")
     return cfg
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    import socket
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start") from None
-            time.sleep(0.05)
 
 
 def bystander_main(base: str, ca: str, seconds: float, interval: float) -> int:

@@ -137,20 +137,6 @@ def haproxy_config(tmp: Path, pem: Path, routes: dict[int, int]) -> Path:
     return cfg
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    import socket
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"haproxy did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.05)
-
-
 def cpu_s(pid: int) -> float:
     """CPU time of every thread of ``pid`` in seconds, at nanosecond resolution (schedstat), not ticks."""
     total = 0
