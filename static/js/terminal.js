@@ -115,7 +115,9 @@
       t.ended = false;
       t.tab.classList.remove("ended");
       t.term.reset();
-      t.term.write(r.replay || "");
+      // the replay is parsed asynchronously: follow its end once it is in (a hidden terminal's
+      // viewport otherwise stays at the top of what was replayed)
+      t.term.write(r.replay || "", () => t.term.scrollToBottom());
       this.resizeTo(id);
     }
 
