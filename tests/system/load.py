@@ -31,9 +31,7 @@ class Counts:
     reconnects: int = 0
     errors: list[str] = field(default_factory=list)
     acked: dict[str, str] = field(default_factory=dict)  # workspace/path -> text of the last acked save
-    # (time of the failure, time of the next success) per outage, for recovery times
-    outages: list[tuple[float, float | None]] = field(default_factory=list)
-    # the same per user: (first failure, that user's next success); None while it is still failing
+    # per user and outage: (first failure, that user's next success); None while it is still failing
     user_outages: list[list[float | None]] = field(default_factory=list)
     # workspaces whose stored version is newer than their last acknowledged save (an answer lost)
     stored_unacknowledged: int = 0
@@ -50,12 +48,6 @@ class Counts:
         self.failed += 1
         if len(self.errors) < 50:
             self.errors.append(what)
-        if not self.outages or self.outages[-1][1] is not None:
-            self.outages.append((time.monotonic(), None))
-
-    def ok(self) -> None:
-        if self.outages and self.outages[-1][1] is None:
-            self.outages[-1] = (self.outages[-1][0], time.monotonic())
 
 
 def _seq(text: str) -> int:
@@ -80,7 +72,6 @@ class LoadUser:
             self.counts.user_outages.append(self.down)
 
     def _succeeded(self) -> None:
-        self.counts.ok()
         if self.down is not None:
             self.down[1] = time.monotonic()
             self.down = None
